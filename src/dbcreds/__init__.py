@@ -1,0 +1,72 @@
+"""dbcreds: PostgreSQL credentials from AWS Secrets Manager that survive rotation.
+
+``import dbcreds`` is cheap: boto3 and psycopg are imported when first used (cold start is a
+product feature), which is why `CredentialPool` is loaded lazily.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    AuthenticationFailed,
+    ConfigurationError,
+    DbcredsError,
+    InvalidSecret,
+    SecretAccessDenied,
+    SecretNotFound,
+    SecretsManagerUnavailable,
+    is_auth_failure,
+)
+from .provider import SecretProvider
+from .secret import DbSecret
+
+if TYPE_CHECKING:
+    from .pool import CredentialPool
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationFailed",
+    "ConfigurationError",
+    "CredentialPool",
+    "DbSecret",
+    "DbcredsError",
+    "InvalidSecret",
+    "SecretAccessDenied",
+    "SecretNotFound",
+    "SecretProvider",
+    "SecretsManagerUnavailable",
+    "close_default_pool",
+    "get_connection",
+    "is_auth_failure",
+]
+
+
+def get_connection(timeout: float | None = None) -> Any:
+    """A connection from the default pool, as a context manager::
+
+        with dbcreds.get_connection() as conn:
+            conn.execute("select 1")
+
+    The pool is built on first use from ``DBCREDS_*`` environment variables (see
+    `dbcreds.config`) and reused for the life of the process (across Lambda invocations).
+    """
+    from .pool import get_connection as _get_connection
+
+    return _get_connection(timeout)
+
+
+def close_default_pool() -> None:
+    """Close the default pool of `get_connection` (a new one is built on next use)."""
+    from .pool import close_default_pool as _close
+
+    _close()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CredentialPool":
+        from .pool import CredentialPool
+
+        return CredentialPool
+    raise AttributeError(f"module 'dbcreds' has no attribute {name!r}")

@@ -1,0 +1,142 @@
+"""Error types, and the one place that decides what an authentication failure is.
+
+Every error names the secret (its id or ARN) and what to do; none ever carries a secret value.
+This module imports nothing heavy: classification works on exception *messages*, because
+psycopg raises a plain ``OperationalError`` with ``sqlstate=None`` for a failed login
+(see DESIGN.md, "Facts that shape the design").
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "AuthFailure",
+    "AuthenticationFailed",
+    "ConfigurationError",
+    "DbcredsError",
+    "InvalidSecret",
+    "SecretAccessDenied",
+    "SecretNotFound",
+    "SecretsManagerUnavailable",
+    "classify_auth_failure",
+    "is_auth_failure",
+]
+
+
+class DbcredsError(Exception):
+    """Base class of every error raised by dbcreds."""
+
+
+class ConfigurationError(DbcredsError):
+    """dbcreds is not configured well enough to run (e.g. no ``DBCREDS_SECRET_ID``)."""
+
+
+class SecretNotFound(DbcredsError):
+    """The secret (or the requested version/stage of it) does not exist."""
+
+    def __init__(self, secret_id: str, detail: str = "") -> None:
+        self.secret_id = secret_id
+        msg = f"secret {secret_id!r} was not found in Secrets Manager"
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(msg)
+
+
+class InvalidSecret(DbcredsError):
+    """The secret exists but its value is not a usable PostgreSQL secret.
+
+    ``key`` names the offending key (or ``None`` for the document as a whole); the value is
+    never included.
+    """
+
+    def __init__(self, secret_id: str, key: str | None, reason: str) -> None:
+        self.secret_id = secret_id
+        self.key = key
+        self.reason = reason
+        where = f"key {key!r}" if key else "value"
+        super().__init__(f"secret {secret_id!r}: {where} {reason}")
+
+
+class SecretAccessDenied(DbcredsError):
+    """IAM (or the KMS key policy) does not let this principal read the secret."""
+
+    def __init__(self, secret_id: str, code: str) -> None:
+        self.secret_id = secret_id
+        self.code = code
+        super().__init__(
+            f"access to secret {secret_id!r} was denied ({code}): grant "
+            "secretsmanager:GetSecretValue on it (and kms:Decrypt on its key, if it has one)"
+        )
+
+
+class SecretsManagerUnavailable(DbcredsError):
+    """Secrets Manager could not be reached, throttled us, or failed on its side."""
+
+    def __init__(self, secret_id: str, code: str) -> None:
+        self.secret_id = secret_id
+        self.code = code
+        super().__init__(f"Secrets Manager failed for secret {secret_id!r}: {code}")
+
+
+class AuthenticationFailed(DbcredsError):
+    """The database (or the proxy) rejected every credential dbcreds could find.
+
+    Raised to callers of ``CredentialPool.connection()`` after the connect path refreshed the
+    secret, tried AWSPENDING and (during a rotation) retried within its budget.
+    """
+
+    def __init__(self, secret_id: str, detail: str) -> None:
+        self.secret_id = secret_id
+        self.detail = detail
+        super().__init__(
+            f"authentication with the credentials of secret {secret_id!r} failed: {detail}. "
+            "Check that the secret's password matches the database (a rotation may have "
+            "failed half-way: see the rotation Lambda's log)"
+        )
+
+
+class AuthFailure(enum.Enum):
+    """Where a login was refused."""
+
+    #: The server we talk to (PostgreSQL itself, or the proxy checking our password) refused
+    #: our credentials: a different secret version may work.
+    CLIENT = "client"
+    #: The proxy accepted us but could not log in to the database with *its* credentials
+    #: (RDS Proxy that has not yet re-read the secret, PgBouncer's server_login_retry): it
+    #: heals by itself; retrying shortly is the way through.
+    PROXY = "proxy"
+
+
+# Messages as seen in the wild (DESIGN.md). Lower-cased; matched as substrings.
+_PROXY_SIDE = (
+    "server login has been failing",  # PgBouncer, server_login_retry in force
+    "server login failed",  # PgBouncer forwarding the server's refusal
+    "the password that was provided for the role",  # RDS Proxy -> database login refused
+)
+_CLIENT_SIDE = (
+    "password authentication failed",  # PostgreSQL (md5/password/scram)
+    "sasl authentication failed",  # PgBouncer's own SCRAM check
+    "has no credentials for the role",  # RDS Proxy: user unknown to the proxy's secrets
+    "no password supplied",  # libpq
+    "pam authentication failed",
+)
+
+
+def classify_auth_failure(exc: BaseException) -> AuthFailure | None:
+    """Return where a connection attempt's failure was an authentication refusal, else None.
+
+    Proxy-side messages are checked first: PgBouncer's "server login failed: FATAL: password
+    authentication failed ..." contains PostgreSQL's client-side text too.
+    """
+    text = str(exc).lower()
+    if any(m in text for m in _PROXY_SIDE):
+        return AuthFailure.PROXY
+    if any(m in text for m in _CLIENT_SIDE):
+        return AuthFailure.CLIENT
+    return None
+
+
+def is_auth_failure(exc: BaseException) -> bool:
+    """True when *exc* says a login was refused (by the database or by a proxy)."""
+    return classify_auth_failure(exc) is not None

@@ -1,0 +1,192 @@
+"""The login policy: which credentials a new connection tries, and what it does when refused.
+
+Pure decision logic, shared by the sync and the asyncio pools: `LoginPolicy.plan()` is a
+generator that yields `Try(secret)` (log in with this) or `Wait(seconds)`, and is sent the
+outcome of each try (``None`` for success, the exception otherwise). The drivers in
+``pool.py`` do the I/O.
+
+On a refusal (see ``errors.classify_auth_failure``):
+
+1. a newer AWSCURRENT, via ``provider.refresh(stale=...)``: one fetch however many
+   connections failed together;
+2. AWSPENDING, when a rotation is in progress and it differs: in the single-user window
+   (setSecret done, finishSecret not yet) only the pending password logs in to the database
+   or to a proxy that checks the live database. Whatever logs in is kept for new connections
+   until AWSCURRENT catches up with it;
+3. when the refusal came from the proxy's own server login (RDS Proxy before it re-reads the
+   secret, PgBouncer's server_login_retry), or a rotation is visibly in progress, wait with
+   jittered, capped exponential backoff and go round again, within ``budget`` seconds;
+4. otherwise give up at once with `AuthenticationFailed` (a wrong secret is not a rotation:
+   callers learn it in milliseconds, not after a 30 s PoolTimeout).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import TypeVar
+
+from .errors import AuthenticationFailed, AuthFailure, DbcredsError, classify_auth_failure
+from .provider import SecretProvider
+from .secret import DbSecret
+
+__all__ = ["LoginPolicy", "Try", "Wait"]
+
+
+@dataclass(frozen=True)
+class Try:
+    secret: DbSecret
+    stage: str
+
+
+@dataclass(frozen=True)
+class Wait:
+    seconds: float
+
+
+Step = Try | Wait
+Plan = Generator[Step, BaseException | None, DbSecret]
+
+
+class LoginPolicy:
+    """Per-pool login state (the credentials known to work) and the retry plan.
+
+    :param budget: seconds a connection attempt may spend retrying a refusal that a rotation
+        or a proxy will heal by itself.
+    :param backoff: (first, cap) seconds between such retries (jittered).
+    :param rotation_grace: a refusal within this many seconds of seeing AWSCURRENT change is
+        treated as the tail of a rotation (proxies re-read the secret on their own schedule).
+    """
+
+    def __init__(
+        self,
+        provider: SecretProvider,
+        *,
+        budget: float = 5.0,
+        backoff: tuple[float, float] = (0.05, 0.5),
+        rotation_grace: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.provider = provider
+        self.budget = budget
+        self.backoff = backoff
+        self.rotation_grace = rotation_grace
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._preferred: DbSecret | None = None
+
+    def first_choice(self) -> Try:
+        """AWSCURRENT, unless another version is known to work and AWSCURRENT has not caught up."""
+        current = self.provider.get()
+        with self._lock:
+            preferred = self._preferred
+            if preferred is not None and (
+                preferred.version_id == current.version_id or preferred.same_login(current)
+            ):
+                self._preferred = preferred = None
+        if preferred is not None:
+            return Try(preferred, "AWSPENDING")
+        return Try(current, "AWSCURRENT")
+
+    def plan(self) -> Plan:
+        """Yield the tries and waits of one connection attempt; return the secret that worked."""
+        deadline = self._clock() + self.budget
+        delay = self.backoff[0]
+        step = self.first_choice()
+        refused: list[DbSecret] = []  # logins refused since the last wait
+        tried: list[str] = []
+        while True:
+            error = yield step
+            if error is None:
+                self._worked(step)
+                return step.secret
+            kind = classify_auth_failure(error)
+            if kind is None:
+                raise error  # not a refusal: the pool's own reconnect policy applies
+            tried.append(f"{step.stage} (version {step.secret.version_id}): {_first_line(error)}")
+            refused.append(step.secret)
+            self._refused(step.secret)
+
+            next_step = self._untried(refused)
+            if next_step is not None:
+                step = next_step
+                continue
+            if self._worth_waiting(kind) and self._clock() + delay <= deadline:
+                yield Wait(delay * (0.5 + random.random() / 2))
+                delay = min(self.backoff[1], delay * 2)
+                refused.clear()
+                step = self.first_choice()
+                continue
+            raise AuthenticationFailed(
+                self.provider.secret_id, "; ".join(dict.fromkeys(tried))
+            ) from error
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _untried(self, refused: list[DbSecret]) -> Try | None:
+        """A credential not refused in this round: AWSCURRENT (refetched once it has been
+        refused: one fetch for all connections refused together), then AWSPENDING."""
+
+        def new(secret: DbSecret | None) -> bool:
+            return secret is not None and not any(secret.same_login(r) for r in refused)
+
+        current = self.provider.get()
+        if not new(current):
+            current = self.provider.refresh(stale=current)
+        if new(current):
+            return Try(current, "AWSCURRENT")
+        try:
+            pending = self.provider.get_pending()
+        except DbcredsError:
+            pending = None  # AWSPENDING is a bonus; failing to read it must not fail the login
+        if pending is not None and new(pending):
+            return Try(pending, "AWSPENDING")
+        return None
+
+    def _worth_waiting(self, kind: AuthFailure) -> bool:
+        if kind is AuthFailure.PROXY or self.provider.changed_recently(self.rotation_grace):
+            return True
+        try:
+            return self.provider.get_pending() is not None
+        except DbcredsError:
+            return False
+
+    def _worked(self, step: Try) -> None:
+        with self._lock:
+            self._preferred = step.secret if step.stage == "AWSPENDING" else None
+
+    def _refused(self, secret: DbSecret) -> None:
+        with self._lock:
+            if self._preferred is not None and self._preferred.same_login(secret):
+                self._preferred = None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+C = TypeVar("C")
+
+
+def drive(plan: Plan, attempt: Callable[[DbSecret], C], sleep: Callable[[float], None]) -> C:
+    """Run a plan synchronously: *attempt* logs in with a secret and returns a connection."""
+    step = next(plan)
+    while True:
+        if isinstance(step, Wait):
+            sleep(step.seconds)
+            step = plan.send(None)
+            continue
+        try:
+            conn = attempt(step.secret)
+        except Exception as exc:
+            step = plan.send(exc)
+            continue
+        try:
+            plan.send(None)
+        except StopIteration:
+            return conn
+        raise RuntimeError("login plan went on after a successful login")  # pragma: no cover

@@ -1,0 +1,321 @@
+"""SecretProvider: the AWSCURRENT (and AWSPENDING) secret, cached, fetched once however many ask.
+
+* **Cache.** A ``cachetools.TLRUCache`` keyed by staging label; each entry gets its own
+  time-to-use, the TTL shortened by a random fraction (``jitter``) so that a fleet of Lambda
+  containers started together does not refresh in lockstep.
+* **Single flight.** One fetch per label at a time: every caller that finds the cache cold or
+  expired while a fetch is under way waits for that fetch's result (a ``concurrent.futures.Future``)
+  instead of calling Secrets Manager itself. ``refresh()`` forces a fetch, or joins the one in
+  flight. (cachetools' own ``cached(condition=...)`` protects a stampede on *get*, but a
+  refresh that joins a flight and a stale-if-error fallback need the flight state, so it lives
+  here.)
+* **No herd on refresh.** ``refresh(stale=s)`` fetches only if the provider still holds ``s``
+  (the very object that failed to log in); when another thread already replaced it, that newer
+  value is returned without a call. Many connections failing at once cause one refresh.
+* **Stale-if-error.** When Secrets Manager is unreachable, throttles (after botocore's own
+  retries) or fails on its side, the last good value is served for up to ``max_stale`` seconds,
+  and the next attempt is pushed back with capped exponential backoff.
+* **AWSPENDING.** ``get_pending()`` reads the pending version of a rotation in progress (the
+  way through the single-user rotation window; see DESIGN.md), ``None`` when there is none.
+
+Thread-safe: psycopg_pool calls the connect path, and so this provider, from its worker
+threads (DESIGN.md: conninfo/kwargs callables run at every connection attempt).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from cachetools import TLRUCache
+
+from ._aws import client_error_code, new_client, secret_call
+from .errors import (
+    DbcredsError,
+    InvalidSecret,
+    SecretAccessDenied,
+    SecretNotFound,
+    SecretsManagerUnavailable,
+)
+from .secret import DbSecret
+
+__all__ = ["AWSCURRENT", "AWSPENDING", "AWSPREVIOUS", "SecretProvider"]
+
+AWSCURRENT = "AWSCURRENT"
+AWSPENDING = "AWSPENDING"
+AWSPREVIOUS = "AWSPREVIOUS"
+
+logger = logging.getLogger("dbcreds.provider")
+
+_DENIED = frozenset({
+    "AccessDeniedException", "AccessDenied", "UnrecognizedClientException",
+    "InvalidClientTokenId", "ExpiredTokenException", "DecryptionFailure",
+    "KMSAccessDeniedException",
+})
+_NOT_FOUND = frozenset({"ResourceNotFoundException"})
+_GONE = frozenset({"InvalidRequestException"})  # e.g. the secret is scheduled for deletion
+
+
+@dataclass(frozen=True)
+class _Entry:
+    secret: DbSecret | None  # None: the label has no value (no rotation in progress)
+    fetched_at: float  # clock() when the fetch that produced it started
+    ttl: float
+
+
+#: fetch(secret_id, stage) -> the GetSecretValue response (a dict), raising on error.
+Fetcher = Callable[[str, str], dict[str, Any]]
+
+
+class SecretProvider:
+    """The database secret of one Secrets Manager secret, cached and shared.
+
+    :param secret_id: name or ARN of the secret.
+    :param client: a boto3 ``secretsmanager`` client to use as given; by default one is
+        created on first use (region and endpoint from botocore's settings).
+    :param ttl: seconds a fetched AWSCURRENT value is served before it is fetched again.
+    :param jitter: fraction of ``ttl`` (0-1) by which each entry's life is randomly shortened.
+    :param max_stale: how long past its fetch a value may still be served while Secrets
+        Manager fails (stale-if-error); 0 disables it.
+    :param pending_ttl: how long an AWSPENDING answer (or its absence) is reused.
+    :param error_backoff: (first, cap) seconds between refetches while Secrets Manager fails.
+    """
+
+    def __init__(
+        self,
+        secret_id: str,
+        client: Any = None,
+        ttl: float = 300.0,
+        *,
+        jitter: float = 0.1,
+        max_stale: float = 3600.0,
+        pending_ttl: float = 1.0,
+        error_backoff: tuple[float, float] = (0.5, 30.0),
+        fetcher: Fetcher | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not secret_id:
+            raise ValueError("secret_id is required")
+        if ttl < 0 or not 0.0 <= jitter < 1.0:
+            raise ValueError("ttl must be >= 0 and jitter in [0, 1)")
+        self.secret_id = secret_id
+        self.ttl = float(ttl)
+        self.jitter = float(jitter)
+        self.max_stale = float(max_stale)
+        self.pending_ttl = float(pending_ttl)
+        self.error_backoff = error_backoff
+        self._client = client
+        self._fetcher = fetcher
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cache: TLRUCache[str, _Entry] = TLRUCache(
+            maxsize=8, ttu=lambda _key, entry, now: now + entry.ttl, timer=clock
+        )
+        self._last_good: dict[str, _Entry] = {}
+        self._flights: dict[str, Future[_Entry]] = {}
+        self._error_streak = 0
+        self._changed_at: float | None = None
+        self._stats = {
+            "fetches": 0, "fetch_errors": 0, "cache_hits": 0, "joined_flights": 0,
+            "stale_served": 0, "version_changes": 0,
+        }
+
+    def __repr__(self) -> str:
+        return f"SecretProvider(secret_id={self.secret_id!r}, version_id={self.version_id!r})"
+
+    # -- public API ---------------------------------------------------------------------
+
+    def get(self) -> DbSecret:
+        """The AWSCURRENT secret: from the cache, or fetched once for all concurrent callers."""
+        secret = self._get(AWSCURRENT, force=False, stale=None)
+        assert secret is not None
+        return secret
+
+    def refresh(self, stale: DbSecret | None = None) -> DbSecret:
+        """Fetch AWSCURRENT now (or join the fetch in flight) and return it.
+
+        With ``stale`` (the value that just failed), fetch only if the provider still holds
+        that very value: when another caller has already replaced it, return the newer one.
+        """
+        secret = self._get(AWSCURRENT, force=True, stale=stale)
+        assert secret is not None
+        return secret
+
+    def get_pending(self, stale: DbSecret | None = None) -> DbSecret | None:
+        """The AWSPENDING secret of a rotation in progress, or None when there is none.
+
+        Cached for ``pending_ttl`` seconds so that a burst of failing logins asks once.
+        ``stale`` works as for `refresh`.
+        """
+        return self._get(AWSPENDING, force=stale is not None, stale=stale)
+
+    def invalidate(self) -> None:
+        """Forget every cached value (the next `get` fetches). Used after a SnapStart restore."""
+        with self._lock:
+            self._cache.clear()
+            self._last_good.clear()
+
+    @property
+    def version_id(self) -> str | None:
+        """Version id of the AWSCURRENT value held now (None before the first fetch)."""
+        with self._lock:
+            entry = self._last_good.get(AWSCURRENT)
+        return entry.secret.version_id if entry and entry.secret else None
+
+    def changed_recently(self, within: float) -> bool:
+        """True when AWSCURRENT's version changed (as seen by this provider) within ``within`` s."""
+        changed = self._changed_at
+        return changed is not None and self._clock() - changed <= within
+
+    def get_stats(self) -> dict[str, Any]:
+        """Counters (fetches, cache hits, joined flights, stale values served, ...)."""
+        with self._lock:
+            stats: dict[str, Any] = dict(self._stats)
+        stats["version_id"] = self.version_id
+        return stats
+
+    # -- the flight ---------------------------------------------------------------------
+
+    def _get(self, stage: str, *, force: bool, stale: DbSecret | None) -> DbSecret | None:
+        with self._lock:
+            entry = self._cache.get(stage)
+            if entry is not None:
+                fresh_enough = not force or (stale is not None and entry.secret is not stale)
+                if fresh_enough:
+                    self._stats["cache_hits"] += 1
+                    return entry.secret
+            flight = self._flights.get(stage)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[stage] = Future()
+            else:
+                self._stats["joined_flights"] += 1
+        if not leader:
+            return flight.result().secret
+        try:
+            entry = self._load(stage)
+        except BaseException as exc:
+            with self._lock:
+                del self._flights[stage]
+            flight.set_exception(exc)
+            raise
+        with self._lock:
+            self._cache[stage] = entry
+            del self._flights[stage]
+        flight.set_result(entry)
+        return entry.secret
+
+    def _load(self, stage: str) -> _Entry:
+        """Fetch one label (only ever called by the flight's leader)."""
+        started = self._clock()
+        try:
+            secret = self._fetch(stage)
+        except SecretNotFound:
+            if stage == AWSPENDING:  # no rotation in progress (or no value put yet)
+                return _Entry(None, started, self._jittered(self.pending_ttl))
+            raise
+        except SecretsManagerUnavailable as exc:
+            return self._stale_or_raise(stage, exc)
+        ttl = self.ttl if stage == AWSCURRENT else self.pending_ttl
+        entry = _Entry(secret, started, self._jittered(ttl))
+        with self._lock:
+            self._error_streak = 0
+            if stage == AWSCURRENT:
+                previous = self._last_good.get(AWSCURRENT)
+                if previous and previous.secret and previous.secret.version_id != secret.version_id:
+                    self._changed_at = started
+                    self._stats["version_changes"] += 1
+            self._last_good[stage] = entry
+        return entry
+
+    def _stale_or_raise(self, stage: str, exc: SecretsManagerUnavailable) -> _Entry:
+        now = self._clock()
+        with self._lock:
+            last = self._last_good.get(stage)
+            if last is None or not 0 <= now - last.fetched_at <= self.max_stale:
+                raise exc
+            self._error_streak += 1
+            first, cap = self.error_backoff
+            backoff = min(cap, first * 2 ** (self._error_streak - 1))
+            self._stats["stale_served"] += 1
+        logger.warning(
+            "Secrets Manager failed for secret %r (%s); serving the cached %s value "
+            "(%.0f s old) and retrying in %.1f s",
+            self.secret_id, exc.code, stage, now - last.fetched_at, backoff,
+        )
+        return _Entry(last.secret, last.fetched_at, self._jittered(backoff))
+
+    def _jittered(self, seconds: float) -> float:
+        return seconds * (1.0 - self.jitter * random.random())
+
+    # -- Secrets Manager ----------------------------------------------------------------
+
+    def _fetch(self, stage: str) -> DbSecret:
+        t0 = time.perf_counter()
+        with self._lock:
+            self._stats["fetches"] += 1
+        try:
+            response = (self._fetcher or self._get_secret_value)(self.secret_id, stage)
+        except DbcredsError:
+            self._count_error()
+            raise
+        except Exception as exc:
+            self._count_error()
+            raise self._translate(exc, stage) from exc
+        secret = self._parse(response)
+        logger.debug(
+            "fetched %s of secret %r (version %s) in %.1f ms",
+            stage, self.secret_id, secret.version_id, (time.perf_counter() - t0) * 1000,
+        )
+        return secret
+
+    def _count_error(self) -> None:
+        with self._lock:
+            self._stats["fetch_errors"] += 1
+
+    def _get_secret_value(self, secret_id: str, stage: str) -> dict[str, Any]:
+        client = self._client or self._create_client()
+        with secret_call():
+            # VersionStage always explicit (DESIGN.md: moto keeps serving the old version
+            # without it after UpdateSecretVersionStage; explicit is correct on AWS too).
+            response: dict[str, Any] = client.get_secret_value(
+                SecretId=secret_id, VersionStage=stage
+            )
+        return response
+
+    def _create_client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = new_client("secretsmanager")
+            return self._client
+
+    def _parse(self, response: dict[str, Any]) -> DbSecret:
+        version_id = response.get("VersionId")
+        secret_string = response.get("SecretString")
+        if secret_string is None:
+            reason = (
+                "is binary (SecretBinary); dbcreds needs a JSON SecretString"
+                if response.get("SecretBinary") is not None
+                else "has no SecretString"
+            )
+            raise InvalidSecret(self.secret_id, None, reason)
+        return DbSecret.from_json(secret_string, secret_id=self.secret_id, version_id=version_id)
+
+    def _translate(self, exc: Exception, stage: str) -> DbcredsError:
+        code = client_error_code(exc)
+        if code is None:  # botocore transport errors: EndpointConnectionError, timeouts, ...
+            return SecretsManagerUnavailable(self.secret_id, type(exc).__name__)
+        if code in _NOT_FOUND:
+            detail = "" if stage == AWSCURRENT else f"no {stage} value"
+            return SecretNotFound(self.secret_id, detail)
+        if code in _GONE:
+            return SecretNotFound(self.secret_id, f"{code}: it may be scheduled for deletion")
+        if code in _DENIED:
+            return SecretAccessDenied(self.secret_id, code)
+        return SecretsManagerUnavailable(self.secret_id, code)
