@@ -1,0 +1,157 @@
+"""An application workload: N threads looping a query through a pool, every request recorded.
+
+Used by the zero-failure tests, the demo and the benchmarks, so that they all count requests,
+failures and latency the same way.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Mark", "Request", "Workload", "WorkloadReport"]
+
+
+@dataclass(frozen=True)
+class Request:
+    start: float  # seconds since the workload started
+    seconds: float
+    error: str | None  # exception type and first line, None on success
+
+
+@dataclass(frozen=True)
+class Mark:
+    at: float
+    label: str
+
+
+@dataclass
+class WorkloadReport:
+    requests: list[Request]
+    marks: list[Mark] = field(default_factory=list)
+    duration: float = 0.0
+
+    @property
+    def failures(self) -> list[Request]:
+        return [r for r in self.requests if r.error is not None]
+
+    @property
+    def worst(self) -> float:
+        return max((r.seconds for r in self.requests), default=0.0)
+
+    def percentile(self, p: float) -> float:
+        values = sorted(r.seconds for r in self.requests)
+        if not values:
+            return 0.0
+        if len(values) == 1:
+            return values[0]
+        return statistics.quantiles(values, n=1000, method="inclusive")[int(p * 10) - 1]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "requests": len(self.requests),
+            "failed": len(self.failures),
+            "p50_ms": round(self.percentile(50) * 1000, 2),
+            "p99_ms": round(self.percentile(99) * 1000, 2),
+            "max_ms": round(self.worst * 1000, 2),
+            "duration_s": round(self.duration, 2),
+            "errors": sorted({r.error for r in self.failures if r.error})[:5],
+        }
+
+
+ConnectionSource = Callable[[], AbstractContextManager[Any]]
+
+
+class Workload:
+    """Threads that each loop ``with source() as conn: conn.execute(query)`` until stopped.
+
+    :param source: returns a connection context manager (``pool.connection`` or
+        ``dbcreds.get_connection``).
+    :param max_requests: optional bound on the total (a load test stops by itself).
+    """
+
+    def __init__(
+        self,
+        source: ConnectionSource,
+        *,
+        threads: int = 8,
+        query: str = "select 1",
+        max_requests: int | None = None,
+    ) -> None:
+        self.source = source
+        self.threads = threads
+        self.query = query
+        self.max_requests = max_requests
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._requests: list[Request] = []
+        self._marks: list[Mark] = []
+        self._workers: list[threading.Thread] = []
+        self._t0 = 0.0
+
+    def start(self) -> Workload:
+        self._t0 = time.perf_counter()
+        self._workers = [
+            threading.Thread(target=self._loop, name=f"workload-{i}", daemon=True)
+            for i in range(self.threads)
+        ]
+        for w in self._workers:
+            w.start()
+        return self
+
+    def mark(self, label: str) -> None:
+        """Record an event (e.g. a rotation step) on the workload's timeline."""
+        with self._lock:
+            self._marks.append(Mark(time.perf_counter() - self._t0, label))
+
+    def wait_for_requests(self, n: int, timeout: float = 30.0) -> bool:
+        """Block until at least *n* requests are done (or timeout): warm-up without sleeps."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self._requests) >= n:
+                    return True
+            if self._stop.wait(0.01):
+                break
+        return False
+
+    def snapshot(self) -> tuple[int, int]:
+        """(requests, failures) so far, for live progress."""
+        with self._lock:
+            return len(self._requests), sum(1 for r in self._requests if r.error)
+
+    def stop(self) -> WorkloadReport:
+        self._stop.set()
+        for w in self._workers:
+            w.join(timeout=60)
+        with self._lock:
+            return WorkloadReport(
+                list(self._requests), list(self._marks), time.perf_counter() - self._t0
+            )
+
+    def __enter__(self) -> Workload:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            t = time.perf_counter()
+            error: str | None = None
+            try:
+                with self.source() as conn:
+                    conn.execute(self.query).fetchall()
+            except Exception as exc:  # every failure is a data point
+                text = str(exc).strip().splitlines()
+                error = f"{type(exc).__name__}: {text[0] if text else ''}"
+            done = time.perf_counter()
+            with self._lock:
+                self._requests.append(Request(t - self._t0, done - t, error))
+                if self.max_requests is not None and len(self._requests) >= self.max_requests:
+                    self._stop.set()

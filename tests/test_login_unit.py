@@ -1,0 +1,176 @@
+"""The login policy and provider cache logic, driven with a fake fetcher and a fake clock.
+
+Pure logic only: the behaviours the issues name are proven end to end in test_pool.py and
+test_zero_failures.py against PostgreSQL, PgBouncer and the Secrets Manager endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from dbcreds import AuthenticationFailed, SecretProvider, SecretsManagerUnavailable
+from dbcreds.login import LoginPolicy, Try, Wait, drive
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeSM:
+    """Versions by stage; counts calls; can fail."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, tuple[str, str]] = {}
+        self.calls: list[str] = []
+        self.down = False
+
+    def put(self, stage: str, version: str, password: str) -> None:
+        doc = {"engine": "postgres", "host": "h", "port": 5432, "username": "u",
+               "password": password}
+        self.stages[stage] = (version, json.dumps(doc))
+
+    def __call__(self, secret_id: str, stage: str) -> dict[str, Any]:
+        self.calls.append(stage)
+        if self.down:
+            raise SecretsManagerUnavailable(secret_id, "ServiceUnavailable")
+        if stage not in self.stages:
+            from dbcreds import SecretNotFound
+            raise SecretNotFound(secret_id)
+        version, text = self.stages[stage]
+        return {"VersionId": version, "SecretString": text}
+
+
+class Refused(Exception):
+    pass
+
+
+def provider(sm: FakeSM, clock: Clock, **kw: Any) -> SecretProvider:
+    return SecretProvider("app", ttl=300, jitter=0.0, fetcher=sm, clock=clock, **kw)
+
+
+def login(
+    policy: LoginPolicy, accepts: set[str], proxy_down: bool = False
+) -> tuple[str, list[float]]:
+    waits: list[float] = []
+
+    def attempt(secret: Any) -> str:
+        if proxy_down:
+            raise Refused("ERROR: server login has been failing, try again later")
+        if secret.password not in accepts:
+            raise Refused('FATAL:  password authentication failed for user "u"')
+        return str(secret.password)
+
+    return drive(policy.plan(), attempt, waits.append), waits
+
+
+def test_wrong_everywhere_gives_up_at_once_after_one_refresh() -> None:
+    sm, clock = FakeSM(), Clock()
+    sm.put("AWSCURRENT", "v1", "wrong")
+    policy = LoginPolicy(provider(sm, clock))
+    with pytest.raises(AuthenticationFailed) as info:
+        login(policy, accepts={"right"})
+    assert sm.calls == ["AWSCURRENT", "AWSCURRENT", "AWSPENDING"]  # get, refresh, pending
+    assert "wrong" not in str(info.value) and "'app'" in str(info.value)
+
+
+def test_refused_current_then_newer_current_logs_in_without_waiting() -> None:
+    sm, clock = FakeSM(), Clock()
+    sm.put("AWSCURRENT", "v1", "old")
+    p = provider(sm, clock)
+    p.get()
+    sm.put("AWSCURRENT", "v2", "new")
+    assert login(LoginPolicy(p), accepts={"new"}) == ("new", [])
+
+
+def test_rotation_window_pending_is_used_and_kept_until_current_catches_up() -> None:
+    sm, clock = FakeSM(), Clock()
+    sm.put("AWSCURRENT", "v1", "old")
+    sm.put("AWSPENDING", "v2", "new")
+    p = provider(sm, clock)
+    policy = LoginPolicy(p)
+    assert login(policy, accepts={"new"}) == ("new", [])
+    assert policy.first_choice() == Try(p.get_pending() or p.get(), "AWSPENDING")
+    # finishSecret: AWSCURRENT moves to v2; once the provider sees it, back to AWSCURRENT.
+    sm.put("AWSCURRENT", "v2", "new")
+    p.refresh()
+    assert policy.first_choice().stage == "AWSCURRENT"
+
+
+def test_proxy_side_failure_waits_with_capped_backoff_within_budget() -> None:
+    sm, clock = FakeSM(), Clock()
+    sm.put("AWSCURRENT", "v1", "pw")
+    policy = LoginPolicy(provider(sm, clock), budget=2.0, backoff=(0.1, 0.4), clock=clock)
+    plan = policy.plan()
+    step = next(plan)
+    waits: list[float] = []
+    with pytest.raises(AuthenticationFailed):
+        while True:
+            if isinstance(step, Wait):
+                waits.append(step.seconds)
+                clock.now += step.seconds
+                step = plan.send(None)
+            else:
+                step = plan.send(Refused("server login has been failing"))
+    assert waits and all(w <= 0.4 for w in waits)
+    assert sum(waits) <= 2.0
+    # One refetch per round at most, not one per try.
+    assert sm.calls.count("AWSCURRENT") <= len(waits) + 2
+
+
+def test_non_auth_errors_are_not_retried() -> None:
+    sm, clock = FakeSM(), Clock()
+    sm.put("AWSCURRENT", "v1", "pw")
+    plan = LoginPolicy(provider(sm, clock)).plan()
+    assert isinstance(next(plan), Try)
+    with pytest.raises(ConnectionError):
+        plan.send(ConnectionError("connection refused"))
+    assert sm.calls == ["AWSCURRENT"]
+
+
+def test_stale_if_error_serves_cached_value_with_backoff_then_gives_up() -> None:
+    sm, clock = FakeSM(), Clock()
+    sm.put("AWSCURRENT", "v1", "pw")
+    p = provider(sm, clock, max_stale=600, error_backoff=(1.0, 8.0))
+    assert p.get().password == "pw"
+    sm.down = True
+    clock.now += 301  # past the TTL
+    assert p.get().password == "pw"
+    assert p.get_stats()["stale_served"] == 1
+    calls = len(sm.calls)
+    assert p.get().password == "pw"  # within the backoff: no new call
+    assert len(sm.calls) == calls
+    clock.now += 400  # past max_stale
+    with pytest.raises(SecretsManagerUnavailable):
+        p.get()
+
+
+def test_jitter_shortens_each_entry_within_bounds() -> None:
+    sm, clock = FakeSM(), Clock()
+    sm.put("AWSCURRENT", "v1", "pw")
+    p = SecretProvider("app", ttl=100, jitter=0.2, fetcher=sm, clock=clock)
+    p.get()
+    clock.now += 79.9
+    p.get()
+    assert sm.calls == ["AWSCURRENT"]  # still fresh: life is at least 80 s
+    clock.now += 20.2
+    p.get()
+    assert sm.calls == ["AWSCURRENT", "AWSCURRENT"]  # expired: life is at most 100 s
+
+
+def test_refresh_with_stale_does_not_refetch_a_value_already_replaced() -> None:
+    sm, clock = FakeSM(), Clock()
+    sm.put("AWSCURRENT", "v1", "old")
+    p = provider(sm, clock)
+    old = p.get()
+    sm.put("AWSCURRENT", "v2", "new")
+    new = p.refresh(stale=old)
+    assert new.password == "new"
+    assert p.refresh(stale=old) is new  # another failing holder of `old`: no call
+    assert sm.calls == ["AWSCURRENT", "AWSCURRENT"]
