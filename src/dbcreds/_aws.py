@@ -78,7 +78,8 @@ def new_client(service: str = "secretsmanager", **config: Any) -> Any:
     from botocore.config import Config
 
     settings: dict[str, Any] = {
-        "retries": {"mode": "standard", "max_attempts": 3},
+        # total_max_attempts counts the first call (botocore's max_attempts counts retries).
+        "retries": {"mode": "standard", "total_max_attempts": 3},
         "connect_timeout": 2,
         "read_timeout": 5,
     }

@@ -119,6 +119,7 @@ _CLIENT_SIDE = (
     "sasl authentication failed",  # PgBouncer's own SCRAM check
     "has no credentials for the role",  # RDS Proxy: user unknown to the proxy's secrets
     "no password supplied",  # libpq
+    "no such user",  # PgBouncer auth_query: the role does not exist (yet)
     "pam authentication failed",
 )
 
@@ -129,6 +130,9 @@ def classify_auth_failure(exc: BaseException) -> AuthFailure | None:
     Proxy-side messages are checked first: PgBouncer's "server login failed: FATAL: password
     authentication failed ..." contains PostgreSQL's client-side text too.
     """
+    # Note: PgBouncer (1.18) forwards PostgreSQL's own "password authentication failed" when
+    # *its* server login is refused, so behind PgBouncer a proxy-side refusal can look
+    # client-side; the login policy then waits only while a rotation is visibly in progress.
     text = str(exc).lower()
     if any(m in text for m in _PROXY_SIDE):
         return AuthFailure.PROXY

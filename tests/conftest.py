@@ -1,0 +1,66 @@
+"""Shared fixtures: one real local stack per test session (see dbcreds.testing).
+
+- ``stack``: the session's LocalStack (PostgreSQL 15 with scram-sha-256 and log_statement=all,
+  PgBouncer auth_query as ``stack.pgbouncer``, the RDS Proxy stand-in as ``stack.rds_proxy``,
+  moto Secrets Manager/SNS as ``stack.secrets``). Torn down at the end of the session, which
+  checks that none of its processes is left.
+- ``aws_env``: the process environment points botocore at the stack (no profile, no config).
+- ``sm_client``: a boto3 Secrets Manager client for the stack's endpoint.
+- ``app``: a fresh role + secret (watched by the RDS Proxy stand-in) for one test.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+try:
+    import dbcreds  # noqa: F401
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from dbcreds.testing import App, LocalStack
+from dbcreds.testing._proc import pid_alive
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[LocalStack]:
+    with LocalStack(pg_settings={"log_statement": "all"}) as s:
+        pids = s.pids()
+        yield s
+        pids += s.pids()
+    left = sorted({pid for pid in pids if pid_alive(pid)})
+    assert not left, f"processes of the stack still running after close(): {left}"
+
+
+@pytest.fixture
+def aws_env(stack: LocalStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    """Environment for boto3 -> the stack only: every other AWS_* variable is removed."""
+    for name in list(os.environ):
+        if name.startswith("AWS_") or name in ("BOTO_CONFIG",):
+            monkeypatch.delenv(name)
+    env = stack.env()
+    env["AWS_CONFIG_FILE"] = str(tmp_path / "no-aws-config")
+    env["AWS_SHARED_CREDENTIALS_FILE"] = str(tmp_path / "no-aws-credentials")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture(scope="session")
+def sm_client(stack: LocalStack) -> Any:
+    """boto3 secretsmanager client of the stack's endpoint (its calls count as the client's)."""
+    return stack.secrets.client("secretsmanager")
+
+
+@pytest.fixture
+def app(stack: LocalStack) -> Iterator[App]:
+    """A fresh role with a random password and its secret (host/port of the real database)."""
+    fresh = stack.new_app("app")
+    yield fresh
+    stack.rds_proxy.unwatch(fresh.secret_id)
