@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger("dbcreds.testing")
 
@@ -253,3 +253,27 @@ def _stop_all_children() -> None:
         procs = list(_children.values())
     for proc, _ in procs:
         terminate(proc, timeout=5.0)
+
+
+_S = TypeVar("_S", bound="Service")
+
+
+class Service:
+    """A server the stack starts: ``with`` starts it, and closes it even if starting failed."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _S) -> _S:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

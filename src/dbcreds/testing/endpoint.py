@@ -52,7 +52,7 @@ def secret_name(secret_id: str) -> str:
     return secret_id
 
 
-class SecretsManagerEndpoint:
+class SecretsManagerEndpoint(_proc.Service):
     """moto (Secrets Manager, SNS, ...) over HTTP, with request counts and fault injection.
 
     >>> sm = SecretsManagerEndpoint(); sm.start()
@@ -129,17 +129,6 @@ class SecretsManagerEndpoint:
         self.stop()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> SecretsManagerEndpoint:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- clients -----------------------------------------------------------------------------
     def env(self) -> dict[str, str]:

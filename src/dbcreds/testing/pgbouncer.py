@@ -93,7 +93,7 @@ class _Entry(NamedTuple):
     version_id: str
 
 
-class PgBouncer:
+class PgBouncer(_proc.Service):
     """One PgBouncer process on a free 127.0.0.1 port (see the module docstring for modes)."""
 
     def __init__(
@@ -215,17 +215,6 @@ class PgBouncer:
         self.stop()
         if self._own_workdir and not _keep():
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> PgBouncer:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

@@ -63,7 +63,7 @@ def docker_available(timeout: float = 3.0) -> bool:
     return done.returncode == 0
 
 
-class PostgresServer:
+class PostgresServer(_proc.Service):
     """What the stack needs from a PostgreSQL server, whichever kind it is.
 
     ``host``/``port`` are where clients (and the bouncers) connect; ``admin_dsn`` is a
@@ -160,17 +160,6 @@ class PostgresServer:
 
     def close(self) -> None:
         self.stop()
-
-    def __enter__(self) -> PostgresServer:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class LocalPostgres(PostgresServer):
