@@ -18,11 +18,11 @@ from .errors import (
     SecretsManagerUnavailable,
     is_auth_failure,
 )
-from .provider import SecretProvider
 from .secret import DbSecret
 
 if TYPE_CHECKING:
     from .pool import CredentialPool
+    from .provider import SecretProvider
 
 __version__ = "0.1.0"
 
@@ -64,9 +64,15 @@ def close_default_pool() -> None:
     _close()
 
 
-def __getattr__(name: str) -> Any:
-    if name == "CredentialPool":
-        from .pool import CredentialPool
+_LAZY = {"CredentialPool": ".pool", "SecretProvider": ".provider"}
 
-        return CredentialPool
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
+
+        value = getattr(importlib.import_module(module, __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'dbcreds' has no attribute {name!r}")

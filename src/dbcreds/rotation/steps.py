@@ -1,0 +1,138 @@
+"""The four rotation steps. Each is idempotent: Secrets Manager retries a failed step, and a
+crashed rotation is resumed with the same token, so every step first checks whether its work is
+already done.
+
+===============  ==========================================================================
+createSecret     AWSPENDING exists for the token: nothing. Else copy AWSCURRENT (every key
+                 kept), give it a GetRandomPassword password (and, alternating-users, the
+                 other user), put it as the token's version with AWSPENDING.
+setSecret        AWSPENDING logs in: nothing. Else the strategy changes the password.
+testSecret       log in with AWSPENDING to the database host in the secret, run a query.
+finishSecret     move AWSCURRENT to the token (AWSPREVIOUS follows), then take AWSPENDING
+                 off it, so that the next RotateSecret does not find a rotation in progress.
+===============  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..secret import DbSecret
+from .connect import describe_failure, try_login
+from .events import AWSCURRENT, AWSPENDING, RotationEvent, RotationStep, Versions
+from .exceptions import RotationStateError, TestSecretFailed
+from .settings import RotationSettings
+from .store import SecretStore
+from .strategies import RotationStrategy
+
+__all__ = ["STEPS", "StepContext", "create_secret", "finish_secret", "set_secret", "test_secret"]
+
+
+@dataclass
+class StepContext:
+    event: RotationEvent
+    versions: Versions
+    store: SecretStore
+    settings: RotationSettings
+    strategy: RotationStrategy
+
+    @property
+    def secret_arn(self) -> str:
+        return self.versions.arn
+
+    @property
+    def step(self) -> str:
+        return self.event.step.value
+
+    @property
+    def where(self) -> str:
+        return f"{self.step} for secret {self.secret_arn!r}"
+
+    def pending(self) -> DbSecret:
+        pending = self.store.get(AWSPENDING, self.event.token)
+        if pending is None:
+            raise RotationStateError(
+                f"{self.where}: version {self.event.token!r} has no AWSPENDING value; run "
+                "createSecret for this token first",
+                secret_id=self.secret_arn,
+                step=self.step,
+            )
+        return pending
+
+
+def create_secret(ctx: StepContext) -> str:
+    current = ctx.store.current()  # validates AWSCURRENT: JSON, keys, engine
+    if ctx.store.get(AWSPENDING, ctx.event.token) is not None:
+        return "AWSPENDING already exists"
+    username = ctx.strategy.pending_username(current, secret_id=ctx.secret_arn)
+    password = ctx.store.random_password(ctx.settings.password_policy)
+    pending = current.with_changes(username=username, password=password)
+    if ctx.store.put_pending(pending, ctx.event.token):
+        return "AWSPENDING created"
+    return "AWSPENDING created by a concurrent invocation"
+
+
+def set_secret(ctx: StepContext) -> str:
+    pending = ctx.pending()
+    current = ctx.store.current()
+    ctx.strategy.check_pending(ctx, current, pending)
+    conn, _ = try_login(pending, ctx.settings)
+    if conn is not None:
+        conn.close()
+        return "AWSPENDING already logs in"
+    return ctx.strategy.change_password(ctx, current, pending)
+
+
+def test_secret(ctx: StepContext) -> str:
+    pending = ctx.pending()
+    conn, reason = try_login(pending, ctx.settings)
+    if conn is None:
+        raise TestSecretFailed(
+            f"{ctx.where}: AWSPENDING does not log in to {pending.host}:{pending.port}/"
+            f"{pending.dbname} as {pending.username!r}: {reason}. setSecret has not taken "
+            "effect: the rotation stops here and AWSCURRENT is unchanged",
+            secret_id=ctx.secret_arn,
+            step=ctx.step,
+        )
+    with conn:
+        try:
+            row = conn.execute("SELECT current_user").fetchone()
+        except Exception as exc:
+            raise TestSecretFailed(
+                f"{ctx.where}: logged in with AWSPENDING but a query failed: "
+                f"{describe_failure(exc, ctx.store.seen)}",
+                secret_id=ctx.secret_arn,
+                step=ctx.step,
+            ) from None
+    if not row or row[0] != pending.username:
+        raise TestSecretFailed(
+            f"{ctx.where}: logged in with AWSPENDING as {row[0] if row else None!r}, "
+            f"expected {pending.username!r}",
+            secret_id=ctx.secret_arn,
+            step=ctx.step,
+        )
+    return "AWSPENDING logs in"
+
+
+def finish_secret(ctx: StepContext) -> str:
+    token = ctx.event.token
+    current_version = ctx.versions.version_of(AWSCURRENT)
+    ctx.store.move_stage(AWSCURRENT, to_version=token, from_version=current_version)
+    ctx.store.move_stage(AWSPENDING, to_version=None, from_version=token)
+    return "AWSCURRENT moved to the token"
+
+
+def finish_leftover(ctx: StepContext) -> str | None:
+    """For a token that is already AWSCURRENT: take off an AWSPENDING label left behind."""
+    if ctx.event.step is RotationStep.FINISH and ctx.versions.has(ctx.event.token, AWSPENDING):
+        ctx.store.move_stage(AWSPENDING, to_version=None, from_version=ctx.event.token)
+        return "already AWSCURRENT; AWSPENDING label removed"
+    return None
+
+
+STEPS = {
+    RotationStep.CREATE: create_secret,
+    RotationStep.SET: set_secret,
+    RotationStep.TEST: test_secret,
+    RotationStep.FINISH: finish_secret,
+}
