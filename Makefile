@@ -37,5 +37,42 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks rotation
 	$(VENV)/bin/mypy --strict src
 
+# The rotation Lambda zips, dist/dbcreds-rotation-<arch>.zip, byte-identical for the same
+# source tree and lock files (rotation/requirements-*.txt); see rotation/README.md.
+#   ARCH=arm64|x86_64 (default both)  BUNDLE_BOTO3=1 (boto3 in the zip, not the runtime's)
+#   CA_BUNDLE=path.pem (shipped as certs/ca-bundle.pem)  DIST=dir  SOURCE_DATE_EPOCH=seconds
+ARCH ?= arm64 x86_64
+DIST ?= dist
+BUNDLE_BOTO3 ?= 0
+CA_BUNDLE ?=
+SOURCE_DATE_EPOCH ?= 315532800
+PACKAGE_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+package:
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(PACKAGE_PYTHON) rotation/build_package.py build \
+	  $(foreach a,$(ARCH),--arch $(a)) --dist $(DIST) \
+	  $(if $(filter 1 yes true,$(BUNDLE_BOTO3)),--bundle-boto3) \
+	  $(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE))
+
+# The end-to-end demo (README.md): rotation under load on the local stack, a report, and
+# demo-output/timeline.png. E.g. DEMO_ARGS="--duration 60 --rotations 5 --proxy pgbouncer".
+DEMO_ARGS ?=
+
+demo: system-deps $(STAMP)
+	$(VENV)/bin/dbcreds demo $(DEMO_ARGS)
+
+# The benchmarks (cold start, warm path, concurrent cold start, rotation under load, fleet
+# simulation) against dbcreds' peers; writes benchmarks/README.md. BENCH_ARGS="--quick" for a
+# short run, "--only cold,fleet" for some of them.
+BENCH_ARGS ?=
+BENCH_STAMP := $(VENV)/.bench-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: system-deps $(BENCH_STAMP)
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,499 @@
+"""rotation/template.yaml: cfn-lint clean, and the properties issue 5 asks of it, checked on the
+parsed template (cfn-lint's own decoder, which understands !Ref, !Sub, !GetAtt, ...)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+cfnlint_api = pytest.importorskip("cfnlint.api")
+from cfnlint.config import ManualArgs  # type: ignore[import-untyped,unused-ignore]  # noqa: E402
+from cfnlint.decode import decode  # type: ignore[import-untyped,unused-ignore]  # noqa: E402
+
+ROTATION = Path(__file__).resolve().parent.parent / "rotation"
+TEMPLATE = ROTATION / "template.yaml"
+HANDLER = "dbcreds.rotation.lambda_handler"
+NO_VALUE = {"Ref": "AWS::NoValue"}
+#: actions that act on no resource: IAM accepts only Resource "*" for them
+UNSCOPED_ACTIONS = {"secretsmanager:GetRandomPassword"}
+#: the only managed policy a dbcreds role may carry (ENIs and CloudWatch Logs)
+VPC_ACCESS_POLICY = "service-role/AWSLambdaVPCAccessExecutionRole"
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    tpl, problems = decode(str(TEMPLATE))
+    assert not problems, problems
+    assert tpl is not None
+    return dict(tpl)
+
+
+@pytest.fixture(scope="module")
+def resources(template: dict[str, Any]) -> dict[str, Any]:
+    return dict(template["Resources"])
+
+
+def build_package() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("build_package", ROTATION / "build_package.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("build_package", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def branches(value: Any) -> Iterator[Any]:
+    """Every value an expression can take across Fn::If branches; AWS::NoValue dropped."""
+    if isinstance(value, dict) and list(value) == ["Fn::If"]:
+        _, yes, no = value["Fn::If"]
+        yield from branches(yes)
+        yield from branches(no)
+    elif value != NO_VALUE:
+        yield value
+
+
+def of_type(resources: dict[str, Any], kind: str) -> dict[str, Any]:
+    return {name: r for name, r in resources.items() if r["Type"] == kind}
+
+
+def referenced(value: Any) -> set[str]:
+    """Logical ids that a Ref / GetAtt (possibly under Fn::If) points at."""
+    names = set()
+    for v in branches(value):
+        if isinstance(v, dict) and "Ref" in v:
+            names.add(v["Ref"])
+        elif isinstance(v, dict) and "Fn::GetAtt" in v:
+            names.add(v["Fn::GetAtt"][0])
+    return names
+
+
+def rotation_functions(resources: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: r
+        for name, r in of_type(resources, "AWS::Serverless::Function").items()
+        if r["Properties"]["Handler"] == HANDLER
+    }
+
+
+def policy_statements(resources: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(resource name, statement) for every statement of every policy in the template."""
+    for name, res in resources.items():
+        props = res.get("Properties", {})
+        documents = []
+        if res["Type"] == "AWS::IAM::Role":
+            documents.append(props["AssumeRolePolicyDocument"])
+            documents += [p["PolicyDocument"] for p in props.get("Policies", [])]
+        elif res["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            documents.append(props["PolicyDocument"])
+        elif res["Type"] in ("AWS::SNS::TopicPolicy", "AWS::SQS::QueuePolicy"):
+            documents.append(props["PolicyDocument"])
+        for doc in documents:
+            for statement in doc["Statement"]:
+                for concrete in branches(statement):
+                    yield name, concrete
+
+
+def as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+# -- cfn-lint ---------------------------------------------------------------------------------
+
+
+def test_cfn_lint_reports_nothing() -> None:
+    matches = cfnlint_api.lint_file(
+        TEMPLATE,
+        config=ManualArgs(regions=["us-east-1", "eu-west-1", "ap-northeast-1"]),
+    )
+    assert [str(m) for m in matches] == []
+
+
+# -- the rotation function ---------------------------------------------------------------------
+
+
+def test_one_rotation_function_per_architecture_default_arm64(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    arch = template["Parameters"]["Architecture"]
+    assert arch["Default"] == "arm64"
+    functions = rotation_functions(resources)
+    built = {}
+    for name, fn in functions.items():
+        props = fn["Properties"]
+        [machine] = props["Architectures"]
+        condition = template["Conditions"][fn["Condition"]]
+        # created exactly when the Architecture parameter names its machine
+        assert condition == {"Fn::Equals": [{"Ref": "Architecture"}, machine]}, name
+        # ... from the zip `make package` builds for that machine
+        assert props["CodeUri"] == f"../dist/dbcreds-rotation-{machine}.zip", name
+        built[machine] = name
+    assert sorted(built) == sorted(arch["AllowedValues"]) == sorted(build_package().ARCHES)
+
+
+def test_rotation_function_runtime_matches_the_package(resources: dict[str, Any]) -> None:
+    lambda_python = build_package().LAMBDA_PYTHON
+    for name, fn in rotation_functions(resources).items():
+        runtime = fn["Properties"]["Runtime"]
+        assert re.fullmatch(r"python3\.(\d+)", runtime), runtime
+        assert int(runtime.split(".")[1]) >= 12, name
+        # psycopg-binary in the zip is compiled for exactly this Python
+        assert runtime == f"python{lambda_python}", name
+
+
+def test_rotation_function_in_private_subnets_with_own_security_group(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    assert template["Parameters"]["PrivateSubnetIds"]["Type"] == "List<AWS::EC2::Subnet::Id>"
+    groups = set()
+    for name, fn in rotation_functions(resources).items():
+        vpc = fn["Properties"]["VpcConfig"]
+        assert vpc["SubnetIds"] == {"Ref": "PrivateSubnetIds"}, name
+        [group] = vpc["SecurityGroupIds"]
+        groups |= referenced(group)
+    [group] = groups
+    sg = resources[group]
+    assert sg["Type"] == "AWS::EC2::SecurityGroup"
+    assert "SecurityGroupIngress" not in sg["Properties"]
+    assert not [
+        r
+        for r in of_type(resources, "AWS::EC2::SecurityGroupIngress").values()
+        if referenced(r["Properties"]["GroupId"]) == {group}
+    ], "nothing may connect to the rotation function"
+
+    def port(value: Any) -> str:
+        return str(value["Ref"]) if isinstance(value, dict) else str(int(value))
+
+    ports = {
+        (rule["IpProtocol"], port(rule["FromPort"]), port(rule["ToPort"]))
+        for rule in sg["Properties"]["SecurityGroupEgress"]
+    }
+    assert ports == {("tcp", "DatabasePort", "DatabasePort"), ("tcp", "443", "443")}
+    assert not [
+        r
+        for r in of_type(resources, "AWS::EC2::SecurityGroupEgress").values()
+        if referenced(r["Properties"]["GroupId"]) == {group}
+    ]
+
+
+def test_rotation_function_environment(template: dict[str, Any], resources: dict[str, Any]) -> None:
+    from dbcreds.rotation.settings import DEFAULT_EXCLUDE_CHARACTERS, DEFAULT_PASSWORD_LENGTH
+
+    params = template["Parameters"]
+    for name, fn in rotation_functions(resources).items():
+        env = fn["Properties"]["Environment"]["Variables"]
+        assert env["ROTATION_STRATEGY"] == {"Ref": "RotationStrategy"}, name
+        assert env["PASSWORD_LENGTH"] == {"Ref": "PasswordLength"}, name
+        assert env["EXCLUDE_CHARACTERS"] == {"Ref": "ExcludeCharacters"}, name
+        # the endpoint variables exist only when an endpoint URL is given
+        for var in ("SECRETS_MANAGER_ENDPOINT", "AWS_ENDPOINT_URL_SECRETS_MANAGER"):
+            assert env[var] == {
+                "Fn::If": ["HasSmEndpointUrl", {"Ref": "SecretsManagerEndpointUrl"}, NO_VALUE]
+            }, (name, var)
+    # the template's defaults are the library's
+    assert params["ExcludeCharacters"]["Default"] == DEFAULT_EXCLUDE_CHARACTERS
+    assert int(params["PasswordLength"]["Default"]) == DEFAULT_PASSWORD_LENGTH
+    assert params["RotationStrategy"]["Default"] == "single-user"
+    assert sorted(params["RotationStrategy"]["AllowedValues"]) == [
+        "alternating-users",
+        "single-user",
+    ]
+
+
+def test_secrets_manager_vpc_endpoint_is_optional_with_private_dns(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    [(name, endpoint)] = [
+        (n, r)
+        for n, r in of_type(resources, "AWS::EC2::VPCEndpoint").items()
+        if "secretsmanager" in str(r["Properties"]["ServiceName"])
+    ]
+    props = endpoint["Properties"]
+    assert props["VpcEndpointType"] == "Interface"
+    assert props["PrivateDnsEnabled"] is True
+    assert props["SubnetIds"] == {"Ref": "PrivateSubnetIds"}
+    assert template["Conditions"][endpoint["Condition"]] == {
+        "Fn::Equals": [{"Ref": "CreateSecretsManagerEndpoint"}, "true"]
+    }, name
+
+
+# -- IAM ---------------------------------------------------------------------------------------
+
+
+def test_every_statement_names_its_actions(resources: dict[str, Any]) -> None:
+    seen = 0
+    for name, statement in policy_statements(resources):
+        assert "NotAction" not in statement, (name, statement)
+        assert "NotResource" not in statement, (name, statement)
+        actions = as_list(statement["Action"])
+        assert actions, (name, statement)
+        for action in actions:
+            assert isinstance(action, str), (name, action)
+            assert re.fullmatch(r"[a-z0-9-]+:[A-Za-z]+", action), (name, action)
+        seen += 1
+    assert seen >= 10
+
+
+def test_every_permission_is_scoped_except_what_aws_cannot_scope(
+    resources: dict[str, Any],
+) -> None:
+    for name, statement in policy_statements(resources):
+        if "Principal" in statement and "Resource" not in statement:
+            continue  # a trust policy: its subject is the role itself
+        if statement["Effect"] == "Deny":
+            continue  # restricts; never grants
+        targets = as_list(statement["Resource"])
+        if any(t == "*" for t in targets):
+            assert set(as_list(statement["Action"])) <= UNSCOPED_ACTIONS, (name, statement)
+            assert targets == ["*"], (name, statement)
+
+
+def test_rotation_role_rotates_that_secret_only(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    roles = {
+        next(iter(referenced(fn["Properties"]["Role"])))
+        for fn in rotation_functions(resources).values()
+    }
+    [role_name] = roles
+    role = resources[role_name]["Properties"]
+    statements = [s for n, s in policy_statements({role_name: resources[role_name]})]
+    grants = [s for s in statements if "Resource" in s]
+
+    by_action: dict[str, list[Any]] = {}
+    for s in grants:
+        for action in as_list(s["Action"]):
+            by_action.setdefault(action, []).append(s["Resource"])
+    secret = {"Ref": "SecretArn"}
+    for action in (
+        "secretsmanager:DescribeSecret",
+        "secretsmanager:PutSecretValue",
+        "secretsmanager:UpdateSecretVersionStage",
+    ):
+        assert by_action[action] == [secret], action
+    assert secret in by_action["secretsmanager:GetSecretValue"]
+    assert by_action["secretsmanager:GetRandomPassword"] == ["*"]
+    assert by_action["sns:Publish"] == [{"Ref": "FailureTopic"}]
+
+    # the master secret only for alternating-users, read-only
+    [master] = [s for s in grants if s["Resource"] == {"Ref": "MasterSecretArn"}]
+    assert as_list(master["Action"]) == ["secretsmanager:GetSecretValue"]
+    [if_master] = [
+        s["Fn::If"]
+        for doc in role["Policies"]
+        for s in doc["PolicyDocument"]["Statement"]
+        if isinstance(s, dict) and "Fn::If" in s and s["Fn::If"][1] == master
+    ]
+    condition = template["Conditions"][if_master[0]]
+    assert {"Condition": "IsAlternating"} in condition["Fn::And"]
+    assert template["Conditions"]["IsAlternating"] == {
+        "Fn::Equals": [{"Ref": "RotationStrategy"}, "alternating-users"]
+    }
+
+    # KMS only when customer keys are given, and only through Secrets Manager
+    [kms] = [s for s in grants if any(a.startswith("kms:") for a in as_list(s["Action"]))]
+    assert kms["Resource"] == {"Ref": "KmsKeyArns"}
+    assert "kms:ViaService" in kms["Condition"]["StringEquals"]
+    [if_kms] = [
+        s["Fn::If"]
+        for doc in role["Policies"]
+        for s in doc["PolicyDocument"]["Statement"]
+        if isinstance(s, dict) and "Fn::If" in s and s["Fn::If"][1] == kms
+    ]
+    assert if_kms[0] == "HasKmsKeys" and if_kms[2] == NO_VALUE
+
+    # no other secretsmanager permission, and only the VPC-access managed policy
+    assert {a for a in by_action if a.startswith("secretsmanager:")} == {
+        "secretsmanager:DescribeSecret",
+        "secretsmanager:GetSecretValue",
+        "secretsmanager:PutSecretValue",
+        "secretsmanager:UpdateSecretVersionStage",
+        "secretsmanager:GetRandomPassword",
+    }
+    [managed] = role["ManagedPolicyArns"]
+    assert VPC_ACCESS_POLICY in str(managed)
+
+
+def test_functions_get_permissions_only_from_the_explicit_roles(resources: dict[str, Any]) -> None:
+    for name, fn in of_type(resources, "AWS::Serverless::Function").items():
+        props = fn["Properties"]
+        assert "Policies" not in props, name  # SAM policy templates would escape the tests
+        assert referenced(props["Role"]) <= set(of_type(resources, "AWS::IAM::Role")), name
+    for name, role in of_type(resources, "AWS::IAM::Role").items():
+        for arn in role["Properties"].get("ManagedPolicyArns", []):
+            assert VPC_ACCESS_POLICY in str(arn), name
+
+
+def test_secrets_manager_may_invoke_the_function_from_this_account(
+    resources: dict[str, Any],
+) -> None:
+    [permission] = of_type(resources, "AWS::Lambda::Permission").values()
+    props = permission["Properties"]
+    assert props["Principal"] == "secretsmanager.amazonaws.com"
+    assert props["Action"] == "lambda:InvokeFunction"
+    assert props["SourceAccount"] == {"Ref": "AWS::AccountId"}
+    assert referenced(props["FunctionName"]) == set(rotation_functions(resources))
+
+
+# -- schedule ----------------------------------------------------------------------------------
+
+
+def test_schedule_defaults_to_90_days(template: dict[str, Any], resources: dict[str, Any]) -> None:
+    [schedule] = of_type(resources, "AWS::SecretsManager::RotationSchedule").values()
+    props = schedule["Properties"]
+    assert props["SecretId"] == {"Ref": "SecretArn"}
+    assert props["RotationRules"]["AutomaticallyAfterDays"] == {"Ref": "RotationDays"}
+    assert int(template["Parameters"]["RotationDays"]["Default"]) == 90
+    assert referenced(props["RotationLambdaARN"]) == set(rotation_functions(resources))
+    # Secrets Manager checks it may invoke the function when the schedule is created
+    assert schedule["DependsOn"] in (
+        "RotationFunctionInvokePermission",
+        ["RotationFunctionInvokePermission"],
+    )
+
+
+# -- failure visibility ------------------------------------------------------------------------
+
+
+def test_alarm_rule_topic_and_function_are_wired_together(
+    resources: dict[str, Any],
+) -> None:
+    [topic] = of_type(resources, "AWS::SNS::Topic")
+    topic_ref = {"Ref": topic}
+    functions = rotation_functions(resources)
+
+    # the function notifies the topic itself, and may
+    for name, fn in functions.items():
+        env = fn["Properties"]["Environment"]["Variables"]
+        assert env["ROTATION_FAILURE_TOPIC_ARN"] == topic_ref, name
+
+    # the alarm watches the rotation function's errors and tells the topic
+    [alarm_name] = of_type(resources, "AWS::CloudWatch::Alarm")
+    alarm = resources[alarm_name]["Properties"]
+    assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/Lambda", "Errors")
+    [dimension] = alarm["Dimensions"]
+    assert dimension["Name"] == "FunctionName"
+    assert referenced(dimension["Value"]) == set(functions)
+    assert alarm["AlarmActions"] == [topic_ref]
+
+    # the rule matches Secrets Manager's rotation failures for this secret and tells the topic
+    [rule_name] = of_type(resources, "AWS::Events::Rule")
+    rule = resources[rule_name]["Properties"]
+    pattern = rule["EventPattern"]
+    assert pattern["source"] == ["aws.secretsmanager"]
+    assert pattern["detail-type"] == ["AWS Service Event via CloudTrail"]
+    assert "RotationFailed" in pattern["detail"]["eventName"]
+    assert pattern["detail"]["additionalEventData"]["SecretId"] == [{"Ref": "SecretArn"}]
+    assert [t["Arn"] for t in rule["Targets"]] == [topic_ref]
+
+    # the topic lets exactly that rule and that alarm publish
+    [policy] = of_type(resources, "AWS::SNS::TopicPolicy").values()
+    assert policy["Properties"]["Topics"] == [topic_ref]
+    allowed = {
+        s["Principal"]["Service"]: s["Condition"]["ArnEquals"]["aws:SourceArn"]
+        for s in policy["Properties"]["PolicyDocument"]["Statement"]
+        if s["Effect"] == "Allow"
+    }
+    assert allowed == {
+        "events.amazonaws.com": {"Fn::GetAtt": [rule_name, "Arn"]},
+        "cloudwatch.amazonaws.com": {"Fn::GetAtt": [alarm_name, "Arn"]},
+    }
+
+
+def test_email_subscription_is_optional(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    [subscription] = of_type(resources, "AWS::SNS::Subscription").values()
+    assert subscription["Properties"]["Protocol"] == "email"
+    assert template["Parameters"]["AlertEmail"]["Default"] == ""
+    assert template["Conditions"][subscription["Condition"]] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "AlertEmail"}, ""]}]
+    }
+
+
+# -- proxy -------------------------------------------------------------------------------------
+
+
+def test_proxy_requires_tls_uses_the_secret_and_optional_iam_auth(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    [(proxy_name, proxy)] = of_type(resources, "AWS::RDS::DBProxy").items()
+    props = proxy["Properties"]
+    assert props["RequireTLS"] is True
+    assert props["EngineFamily"] == "POSTGRESQL"
+    [auth] = props["Auth"]
+    assert auth["AuthScheme"] == "SECRETS"
+    assert auth["SecretArn"] == {"Ref": "SecretArn"}
+    assert auth["IAMAuth"] == {"Ref": "ProxyIAMAuth"}
+    iam = template["Parameters"]["ProxyIAMAuth"]
+    assert iam["Default"] == "DISABLED"
+    assert sorted(iam["AllowedValues"]) == ["DISABLED", "REQUIRED"]
+    [group] = of_type(resources, "AWS::RDS::DBProxyTargetGroup").values()
+    assert group["Properties"]["DBProxyName"] == {"Ref": proxy_name}
+    # the proxy's role reads that secret, nothing more
+    [role] = referenced(props["RoleArn"])
+    granted = [s for _, s in policy_statements({role: resources[role]}) if "Resource" in s]
+    secretsmanager = [s for s in granted if "secretsmanager" in str(s["Action"])]
+    assert [(s["Action"], s["Resource"]) for s in secretsmanager] == [
+        ("secretsmanager:GetSecretValue", {"Ref": "SecretArn"})
+    ]
+
+
+# -- example application -----------------------------------------------------------------------
+
+
+def test_example_app_reads_through_the_proxy_with_get_secret_value_only(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    apps = {
+        n: r
+        for n, r in of_type(resources, "AWS::Serverless::Function").items()
+        if n not in rotation_functions(resources)
+    }
+    [app] = apps.values()
+    assert template["Conditions"][app["Condition"]] == {
+        "Fn::Equals": [{"Ref": "DeployExampleApp"}, "true"]
+    }
+    props = app["Properties"]
+    module, func = props["Handler"].rsplit(".", 1)
+    source = ROTATION / "example_app" / f"{module}.py"
+    assert f"def {func}(" in source.read_text()
+    assert source == build_package().EXAMPLE_APP  # the build puts it in the zip
+    env = props["Environment"]["Variables"]
+    assert env["DBCREDS_SECRET_ID"] == {"Ref": "SecretArn"}
+    [proxy] = of_type(resources, "AWS::RDS::DBProxy")
+    assert env["DBCREDS_HOST"] == {"Fn::GetAtt": [proxy, "Endpoint"]}
+    assert props["VpcConfig"]["SubnetIds"] == {"Ref": "PrivateSubnetIds"}
+
+    [role] = referenced(props["Role"])
+    granted = [s for _, s in policy_statements({role: resources[role]}) if "Resource" in s]
+    secretsmanager = [s for s in granted if "secretsmanager" in str(s["Action"])]
+    assert [(s["Action"], s["Resource"]) for s in secretsmanager] == [
+        ("secretsmanager:GetSecretValue", {"Ref": "SecretArn"})
+    ]
+    others = {a for s in granted for a in as_list(s["Action"])} - {"secretsmanager:GetSecretValue"}
+    assert others <= {"kms:Decrypt", "rds-db:connect"}
+
+
+# -- outputs and documentation -----------------------------------------------------------------
+
+
+def test_outputs(template: dict[str, Any], resources: dict[str, Any]) -> None:
+    outputs = template["Outputs"]
+    [proxy] = of_type(resources, "AWS::RDS::DBProxy")
+    [topic] = of_type(resources, "AWS::SNS::Topic")
+    assert outputs["ProxyEndpoint"]["Value"] == {"Fn::GetAtt": [proxy, "Endpoint"]}
+    assert referenced(outputs["RotationFunctionArn"]["Value"]) == set(rotation_functions(resources))
+    assert outputs["FailureTopicArn"]["Value"] == {"Ref": topic}
+
+
+def test_readme_documents_every_parameter(template: dict[str, Any]) -> None:
+    readme = (ROTATION / "README.md").read_text()
+    rows = set(re.findall(r"^\|\s*`(\w+)`\s*\|", readme, flags=re.MULTILINE))
+    assert set(template["Parameters"]) <= rows
