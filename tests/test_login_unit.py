@@ -174,3 +174,21 @@ def test_refresh_with_stale_does_not_refetch_a_value_already_replaced() -> None:
     assert new.password == "new"
     assert p.refresh(stale=old) is new  # another failing holder of `old`: no call
     assert sm.calls == ["AWSCURRENT", "AWSCURRENT"]
+
+
+def test_retrying_is_true_only_while_a_login_waits_out_a_refusal() -> None:
+    sm, clock = FakeSM(), Clock()
+    sm.put("AWSCURRENT", "v1", "pw")
+    policy = LoginPolicy(provider(sm, clock), budget=2.0, clock=clock)
+    plan = policy.plan()
+    step = next(plan)
+    assert not policy.retrying
+    step = plan.send(Refused("server login has been failing"))
+    while not isinstance(step, Wait):
+        step = plan.send(Refused("server login has been failing"))
+    assert policy.retrying  # the pool keeps expired connections meanwhile
+    step = plan.send(None)
+    assert isinstance(step, Try)
+    with pytest.raises(StopIteration):
+        plan.send(None)  # logged in
+    assert not policy.retrying

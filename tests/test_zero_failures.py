@@ -63,6 +63,10 @@ def report(name: str, result: WorkloadReport, pool: CredentialPool | None = None
     if pool is not None:
         figures["GetSecretValue"] = pool.provider.get_stats()["fetches"]
     print(f"\n[{name}] {json.dumps(figures)}")
+    slow = [(round(r.start, 2), round(r.seconds, 2)) for r in result.requests if r.seconds > 0.5]
+    if slow:  # diagnostics for a slow request: when it started, against the rotation steps
+        print(f"  slow requests (start, seconds): {slow[:20]}")
+        print(f"  marks: {[(round(m.at, 2), m.label) for m in result.marks]}")
 
 
 def direct_login_works(stack: Any, doc: dict[str, Any] | None) -> bool:

@@ -21,23 +21,32 @@ from .errors import (
 from .secret import DbSecret
 
 if TYPE_CHECKING:
+    from .aio import AsyncCredentialPool, AsyncSecretProvider
+    from .iam import IamAuthSource
+    from .login import CredentialSource
     from .pool import CredentialPool
     from .provider import SecretProvider
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncCredentialPool",
+    "AsyncSecretProvider",
     "AuthenticationFailed",
     "ConfigurationError",
     "CredentialPool",
+    "CredentialSource",
     "DbSecret",
     "DbcredsError",
+    "IamAuthSource",
     "InvalidSecret",
     "SecretAccessDenied",
     "SecretNotFound",
     "SecretProvider",
     "SecretsManagerUnavailable",
+    "close_default_async_pool",
     "close_default_pool",
+    "get_async_connection",
     "get_connection",
     "is_auth_failure",
 ]
@@ -64,7 +73,36 @@ def close_default_pool() -> None:
     _close()
 
 
-_LAZY = {"CredentialPool": ".pool", "SecretProvider": ".provider"}
+def get_async_connection(timeout: float | None = None) -> Any:
+    """A connection from the default asyncio pool, as an async context manager::
+
+        async with dbcreds.get_async_connection() as conn:
+            await conn.execute("select 1")
+
+    Configured like `get_connection`; the pool belongs to the running event loop (see
+    `dbcreds.aio`).
+    """
+    from .aio import get_async_connection as _get_async_connection
+
+    return _get_async_connection(timeout)
+
+
+async def close_default_async_pool() -> None:
+    """Close the default pool of `get_async_connection` (a new one is built on next use)."""
+    from .aio import close_default_async_pool as _close
+
+    await _close()
+
+
+_LAZY = {
+    "CredentialPool": ".pool",
+    "SecretProvider": ".provider",
+    # asyncio, IAM authentication: psycopg / boto3 load only when these are used
+    "AsyncCredentialPool": ".aio",
+    "AsyncSecretProvider": ".aio",
+    "IamAuthSource": ".iam",
+    "CredentialSource": ".login",
+}
 
 
 def __getattr__(name: str) -> Any:

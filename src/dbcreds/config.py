@@ -11,6 +11,9 @@
 ``DBCREDS_POOL_MAX_SIZE`` connections at most (default 1: Lambda runs one event at a time)
 ``DBCREDS_POOL_CHECK``   check a pooled connection before handing it out (default 1)
 ``DBCREDS_AUTH_RETRY_BUDGET`` seconds a login may retry a refusal a rotation heals (default 5)
+``DBCREDS_POOL_MAX_LIFETIME`` seconds a connection is used before it is replaced (default 3600)
+``DBCREDS_IAM_USER``     log in as this database user with RDS IAM auth tokens instead of a
+                         secret (needs ``DBCREDS_HOST``; excludes ``DBCREDS_SECRET_ID``)
 ======================== ===========================================================
 
 Region and endpoint come from botocore's own settings (``AWS_REGION``,
@@ -27,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from .aio import AsyncCredentialPool
+    from .login import CredentialSource
     from .pool import CredentialPool
 
 __all__ = ["Settings"]
@@ -44,15 +49,29 @@ class Settings:
     pool_max_size: int = 1
     pool_check: bool = True
     auth_retry_budget: float = 5.0
+    iam_user: str | None = None
+    pool_max_lifetime: float = 3600.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         secret_id = env.get("DBCREDS_SECRET_ID", "").strip()
-        if not secret_id:
+        iam_user = env.get("DBCREDS_IAM_USER", "").strip() or None
+        if not secret_id and not iam_user:
             raise ConfigurationError(
                 "DBCREDS_SECRET_ID is not set: set it to the name or ARN of the Secrets Manager "
-                "secret that holds the database credentials"
+                "secret that holds the database credentials (or DBCREDS_IAM_USER and "
+                "DBCREDS_HOST for RDS IAM authentication)"
+            )
+        if secret_id and iam_user:
+            raise ConfigurationError(
+                "DBCREDS_SECRET_ID and DBCREDS_IAM_USER are both set: set only one (the secret's "
+                "password, or RDS IAM auth tokens for DBCREDS_IAM_USER)"
+            )
+        if iam_user and not env.get("DBCREDS_HOST", "").strip():
+            raise ConfigurationError(
+                "DBCREDS_IAM_USER needs DBCREDS_HOST: the RDS Proxy or database endpoint the "
+                "IAM auth token is signed for"
             )
 
         def number(name: str, kind: type[int] | type[float], default: Any) -> Any:
@@ -88,23 +107,49 @@ class Settings:
             pool_check=env.get("DBCREDS_POOL_CHECK", "1").strip().lower()
             not in ("0", "false", "no", "off"),
             auth_retry_budget=number("DBCREDS_AUTH_RETRY_BUDGET", float, 5.0),
+            iam_user=iam_user,
+            pool_max_lifetime=number("DBCREDS_POOL_MAX_LIFETIME", float, 3600.0),
         )
+
+    def build_source(self) -> CredentialSource:
+        """The credential source: the secret's `SecretProvider`, or an IAM token source."""
+        if self.iam_user:
+            from .iam import IamAuthSource
+
+            assert self.host, "checked by from_env"
+            return IamAuthSource(
+                self.host, self.port or 5432, self.iam_user, dbname=self.dbname or "postgres"
+            )
+        from .provider import SecretProvider
+
+        return SecretProvider(self.secret_id, ttl=self.secret_ttl)
+
+    def pool_options(self) -> dict[str, Any]:
+        """Keyword arguments shared by `CredentialPool` and `AsyncCredentialPool`."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "dbname": self.dbname,
+            "sslmode": self.sslmode,
+            "auth_retry_budget": self.auth_retry_budget,
+            "min_size": self.pool_min_size,
+            "max_size": self.pool_max_size,
+            "max_lifetime": self.pool_max_lifetime,
+        }
 
     def build_pool(self) -> CredentialPool:
         from .pool import CredentialPool
-        from .provider import SecretProvider
 
         extra: dict[str, Any] = {}
         if self.pool_check:
             extra["check"] = CredentialPool.check_connection
-        return CredentialPool(
-            SecretProvider(self.secret_id, ttl=self.secret_ttl),
-            host=self.host,
-            port=self.port,
-            dbname=self.dbname,
-            sslmode=self.sslmode,
-            auth_retry_budget=self.auth_retry_budget,
-            min_size=self.pool_min_size,
-            max_size=self.pool_max_size,
-            **extra,
-        )
+        return CredentialPool(self.build_source(), **self.pool_options(), **extra)
+
+    def build_async_pool(self) -> AsyncCredentialPool:
+        """The default pool of ``get_async_connection()``, not yet open."""
+        from .aio import AsyncCredentialPool
+
+        extra: dict[str, Any] = {}
+        if self.pool_check:
+            extra["check"] = AsyncCredentialPool.check_connection
+        return AsyncCredentialPool(self.build_source(), **self.pool_options(), open=False, **extra)

@@ -18,6 +18,9 @@ On a refusal (see ``errors.classify_auth_failure``):
    jittered, capped exponential backoff and go round again, within ``budget`` seconds;
 4. otherwise give up at once with `AuthenticationFailed` (a wrong secret is not a rotation:
    callers learn it in milliseconds, not after a 30 s PoolTimeout).
+
+Where credentials come from is a `CredentialSource`: `SecretProvider` (Secrets Manager) and
+``iam.IamAuthSource`` (RDS IAM auth tokens) both are one, and both plug into the same pools.
 """
 
 from __future__ import annotations
@@ -27,13 +30,61 @@ import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .errors import AuthenticationFailed, AuthFailure, DbcredsError, classify_auth_failure
-from .provider import SecretProvider
 from .secret import DbSecret
 
-__all__ = ["LoginPolicy", "Try", "Wait"]
+__all__ = [
+    "ConnectParamsPolicy", "CredentialSource", "Done", "LoginPolicy", "Try", "Wait", "advance",
+    "drive",
+]
+
+
+class CredentialSource(Protocol):
+    """Where a pool's credentials come from (`SecretProvider`, ``iam.IamAuthSource``).
+
+    Thread-safe: the pools call it from worker threads. ``secret_id`` names the credentials
+    in errors and logs (never a secret value).
+    """
+
+    secret_id: str
+
+    def get(self) -> DbSecret:
+        """The credentials to log in with now (cached)."""
+        ...
+
+    def refresh(self, stale: DbSecret | None = None) -> DbSecret:
+        """Newer credentials, unless another caller already replaced *stale* (no herd)."""
+        ...
+
+    def get_pending(self, stale: DbSecret | None = None) -> DbSecret | None:
+        """Credentials of a rotation in progress, None when there is none."""
+        ...
+
+    def changed_recently(self, within: float) -> bool:
+        """True when the credentials changed within *within* seconds (a rotation's tail)."""
+        ...
+
+    def invalidate(self) -> None:
+        """Forget every cached value (SnapStart: nothing secret survives a snapshot)."""
+        ...
+
+    def get_stats(self) -> dict[str, Any]:
+        """Counters for observability."""
+        ...
+
+
+@runtime_checkable
+class ConnectParamsPolicy(Protocol):
+    """Optional: a source that has the last word on the connection parameters of a login.
+
+    ``connect_params`` gets the complete psycopg parameters of one attempt (conninfo merged
+    in) and returns them, possibly changed, or raises `ConfigurationError`. The IAM source
+    uses it to force TLS and to keep the host the token was signed for.
+    """
+
+    def connect_params(self, params: dict[str, Any]) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -63,7 +114,7 @@ class LoginPolicy:
 
     def __init__(
         self,
-        provider: SecretProvider,
+        provider: CredentialSource,
         *,
         budget: float = 5.0,
         backoff: tuple[float, float] = (0.05, 0.5),
@@ -77,6 +128,7 @@ class LoginPolicy:
         self._clock = clock
         self._lock = threading.Lock()
         self._preferred: DbSecret | None = None
+        self._retrying = 0
 
     def first_choice(self) -> Try:
         """AWSCURRENT, unless another version is known to work and AWSCURRENT has not caught up."""
@@ -98,31 +150,54 @@ class LoginPolicy:
         step = self.first_choice()
         refused: list[DbSecret] = []  # logins refused since the last wait
         tried: list[str] = []
-        while True:
-            error = yield step
-            if error is None:
-                self._worked(step)
-                return step.secret
-            kind = classify_auth_failure(error)
-            if kind is None:
-                raise error  # not a refusal: the pool's own reconnect policy applies
-            tried.append(f"{step.stage} (version {step.secret.version_id}): {_first_line(error)}")
-            refused.append(step.secret)
-            self._refused(step.secret)
+        retrying = False
+        try:
+            while True:
+                error = yield step
+                if error is None:
+                    self._worked(step)
+                    return step.secret
+                kind = classify_auth_failure(error)
+                if kind is None:
+                    raise error  # not a refusal: the pool's own reconnect policy applies
+                tried.append(
+                    f"{step.stage} (version {step.secret.version_id}): {_first_line(error)}"
+                )
+                refused.append(step.secret)
+                self._refused(step.secret)
 
-            next_step = self._untried(refused)
-            if next_step is not None:
-                step = next_step
-                continue
-            if self._worth_waiting(kind) and self._clock() + delay <= deadline:
-                yield Wait(delay * (0.5 + random.random() / 2))
-                delay = min(self.backoff[1], delay * 2)
-                refused.clear()
-                step = self.first_choice()
-                continue
-            raise AuthenticationFailed(
-                self.provider.secret_id, "; ".join(dict.fromkeys(tried))
-            ) from error
+                next_step = self._untried(refused)
+                if next_step is not None:
+                    step = next_step
+                    continue
+                if self._worth_waiting(kind) and self._clock() + delay <= deadline:
+                    if not retrying:
+                        retrying = True
+                        self._count_retrying(+1)
+                    yield Wait(delay * (0.5 + random.random() / 2))
+                    delay = min(self.backoff[1], delay * 2)
+                    refused.clear()
+                    step = self.first_choice()
+                    continue
+                raise AuthenticationFailed(
+                    self.provider.secret_id, "; ".join(dict.fromkeys(tried))
+                ) from error
+        finally:
+            if retrying:
+                self._count_retrying(-1)
+
+    @property
+    def retrying(self) -> bool:
+        """True while a login waits out a refusal that a rotation or a proxy will heal.
+
+        The pool then keeps connections past their ``max_lifetime``: retiring one now would
+        make callers wait for a replacement that cannot log in yet (break-before-make).
+        """
+        return self._retrying > 0
+
+    def _count_retrying(self, delta: int) -> None:
+        with self._lock:
+            self._retrying += delta
 
     # -- internals ----------------------------------------------------------------------
 
@@ -169,24 +244,44 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+@dataclass(frozen=True)
+class Done:
+    """The plan is over: *secret* logged in."""
+
+    secret: DbSecret
+
+
+def advance(plan: Plan, outcome: BaseException | None) -> Step | Done:
+    """Send a plan the outcome of its last step (None also starts it); the next step or Done.
+
+    Shared by the drivers: the asyncio driver runs it in a worker thread (the plan calls the
+    blocking, thread-safe source), where a StopIteration could not cross into a Future.
+    """
+    try:
+        return plan.send(outcome)
+    except StopIteration as stop:
+        secret: DbSecret = stop.value
+        return Done(secret)
+
+
 C = TypeVar("C")
 
 
 def drive(plan: Plan, attempt: Callable[[DbSecret], C], sleep: Callable[[float], None]) -> C:
     """Run a plan synchronously: *attempt* logs in with a secret and returns a connection."""
-    step = next(plan)
+    step = advance(plan, None)
     while True:
+        if isinstance(step, Done):  # pragma: no cover - a plan ends only after a success
+            raise RuntimeError("login plan ended without a successful login")
         if isinstance(step, Wait):
             sleep(step.seconds)
-            step = plan.send(None)
+            step = advance(plan, None)
             continue
         try:
             conn = attempt(step.secret)
         except Exception as exc:
-            step = plan.send(exc)
+            step = advance(plan, exc)
             continue
-        try:
-            plan.send(None)
-        except StopIteration:
+        if isinstance(advance(plan, None), Done):
             return conn
         raise RuntimeError("login plan went on after a successful login")  # pragma: no cover

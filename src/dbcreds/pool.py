@@ -12,6 +12,9 @@ when the login policy gives up, the pool fails every waiting caller at once with
 `AuthenticationFailed`, and raises it to new callers until a login works again (or psycopg_pool
 gives up reconnecting, after which the next caller triggers a fresh attempt). Errors that are
 not refusals (database down, network) keep psycopg_pool's behaviour.
+
+`PoolLogin` is what this pool and ``aio.AsyncCredentialPool`` share around the login policy
+(connect parameters, the failure told to callers); only the I/O differs between them.
 """
 
 from __future__ import annotations
@@ -22,23 +25,93 @@ import time
 from typing import Any
 
 from psycopg import Connection
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from .config import Settings
 from .errors import AuthenticationFailed
-from .login import LoginPolicy, drive
-from .provider import SecretProvider
+from .login import ConnectParamsPolicy, CredentialSource, LoginPolicy, drive
 from .secret import DbSecret
 
-__all__ = ["CredentialPool", "close_default_pool", "default_pool", "get_connection"]
+__all__ = ["CredentialPool", "PoolLogin", "close_default_pool", "default_pool", "get_connection"]
 
 logger = logging.getLogger("dbcreds.pool")
+
+#: seconds an expired connection is kept while a login waits out a rotation window
+_LIFETIME_GRACE = 1.0
+
+
+class PoolLogin:
+    """The login side of a credential pool, shared by the sync and the asyncio pools.
+
+    Holds the `LoginPolicy`, builds the psycopg parameters of each attempt (pool kwargs, then
+    the credentials, then the host/port/dbname overrides, then the source's own word: see
+    `ConnectParamsPolicy`), and remembers the `AuthenticationFailed` that callers are told at
+    once until a login works again.
+    """
+
+    def __init__(
+        self,
+        source: CredentialSource,
+        *,
+        host: str | None,
+        port: int | None,
+        dbname: str | None,
+        sslmode: str | None,
+        kwargs: dict[str, Any] | None,
+        auth_retry_budget: float,
+        conninfo: str = "",
+    ) -> None:
+        self.source = source
+        self.policy = LoginPolicy(source, budget=auth_retry_budget)
+        self.overrides = {
+            k: v for k, v in (("host", host), ("port", port), ("dbname", dbname)) if v is not None
+        }
+        connect_kwargs: dict[str, Any] = {"prepare_threshold": None}
+        if sslmode:
+            connect_kwargs["sslmode"] = sslmode
+        connect_kwargs.update(kwargs or {})
+        self.connect_kwargs = connect_kwargs
+        self._policy = source if isinstance(source, ConnectParamsPolicy) else None
+        if self._policy is not None:  # refuse a configuration the source refuses, now
+            self._policy.connect_params(
+                {**conninfo_to_dict(conninfo), **connect_kwargs, **self.overrides}
+            )
+        self._failure: AuthenticationFailed | None = None
+        self._lock = threading.Lock()
+
+    def params(
+        self, conninfo: str, kwargs: dict[str, Any], secret: DbSecret
+    ) -> tuple[str, dict[str, Any]]:
+        """(conninfo, kwargs) for ``connect`` logging in with *secret*."""
+        params = {**kwargs, **secret.connect_kwargs(), **self.overrides}
+        if self._policy is None:
+            return conninfo, params
+        # The source sees everything, conninfo included (psycopg lets kwargs win over it).
+        return "", self._policy.connect_params({**conninfo_to_dict(conninfo), **params})
+
+    @property
+    def failure(self) -> AuthenticationFailed | None:
+        return self._failure
+
+    def raise_if_failed(self) -> None:
+        """Raise (a fresh copy of) the failure of the last login, if it failed."""
+        failure = self._failure
+        if failure is not None:
+            raise AuthenticationFailed(failure.secret_id, failure.detail)
+
+    def set_failure(self, failure: AuthenticationFailed | None) -> None:
+        if failure is not None:
+            logger.error("%s", failure)
+        with self._lock:
+            self._failure = failure
 
 
 class CredentialPool(ConnectionPool[Connection[Any]]):
     """A connection pool that logs in with the credentials of a Secrets Manager secret.
 
-    :param provider: where the credentials come from.
+    :param provider: where the credentials come from: a `SecretProvider`, an
+        ``iam.IamAuthSource`` (RDS IAM auth tokens), or any ``login.CredentialSource``.
     :param host, port, dbname: override the secret's (e.g. the RDS Proxy endpoint).
     :param sslmode: libpq ``sslmode`` (RDS Proxy requires TLS: use ``require`` or
         ``verify-full``).
@@ -52,7 +125,7 @@ class CredentialPool(ConnectionPool[Connection[Any]]):
 
     def __init__(
         self,
-        provider: SecretProvider,
+        provider: CredentialSource,
         *,
         host: str | None = None,
         port: int | None = None,
@@ -66,21 +139,16 @@ class CredentialPool(ConnectionPool[Connection[Any]]):
         **pool_kwargs: Any,
     ) -> None:
         self.provider = provider
-        self.login = LoginPolicy(provider, budget=auth_retry_budget)
-        self._overrides = {
-            k: v for k, v in (("host", host), ("port", port), ("dbname", dbname)) if v is not None
-        }
-        connect_kwargs: dict[str, Any] = {"prepare_threshold": None}
-        if sslmode:
-            connect_kwargs["sslmode"] = sslmode
-        connect_kwargs.update(kwargs or {})
-        self._auth_failure: AuthenticationFailed | None = None
-        self._failure_lock = threading.Lock()
+        self.credentials = PoolLogin(
+            provider, host=host, port=port, dbname=dbname, sslmode=sslmode, kwargs=kwargs,
+            auth_retry_budget=auth_retry_budget, conninfo=conninfo,
+        )
+        self.login = self.credentials.policy
         pool_kwargs.setdefault("name", f"dbcreds:{provider.secret_id}")
         super().__init__(
             conninfo,
             connection_class=_credential_connection_class(connection_class, self),
-            kwargs=connect_kwargs,
+            kwargs=self.credentials.connect_kwargs,
             open=open,
             **pool_kwargs,
         )
@@ -91,14 +159,12 @@ class CredentialPool(ConnectionPool[Connection[Any]]):
     # -- callers --------------------------------------------------------------------------
 
     def getconn(self, timeout: float | None = None) -> Connection[Any]:
-        failure = self._auth_failure
-        if failure is not None:
-            raise AuthenticationFailed(failure.secret_id, failure.detail)
+        self.credentials.raise_if_failed()
         return super().getconn(timeout)
 
     def reconnect_failed(self) -> None:
         # psycopg_pool gave up reconnecting: let the next caller trigger a fresh attempt.
-        self._set_failure(None)
+        self.credentials.set_failure(None)
         super().reconnect_failed()
 
     def close(self, timeout: float = 5.0) -> None:
@@ -108,31 +174,40 @@ class CredentialPool(ConnectionPool[Connection[Any]]):
 
     def get_stats(self) -> dict[str, int]:
         stats = super().get_stats()
-        stats["auth_failed"] = int(self._auth_failure is not None)
+        stats["auth_failed"] = int(self.credentials.failure is not None)
         return stats
+
+    # -- connection lifetime ---------------------------------------------------------------
+
+    def _return_connection(self, conn: Connection[Any], from_getconn: bool) -> None:
+        # psycopg_pool retires a connection past max_lifetime when it comes back, and callers
+        # wait for its replacement (break-before-make). While a login waits out a rotation
+        # window (login.retrying) that replacement cannot log in yet: keep the old connection
+        # a little longer instead. `_expire_at` is psycopg_pool's (3.x) own expiry stamp.
+        if self.login.retrying:
+            now = time.monotonic()
+            if getattr(conn, "_expire_at", now + 1) <= now:
+                conn._expire_at = now + _LIFETIME_GRACE
+        super()._return_connection(conn, from_getconn)
 
     # -- the connect path (runs in the pool's worker threads) --------------------------
 
     def _login(self, connect: Any, conninfo: str, kwargs: dict[str, Any]) -> Connection[Any]:
         def attempt(secret: DbSecret) -> Connection[Any]:
-            params = {**kwargs, **secret.connect_kwargs(), **self._overrides}
-            conn: Connection[Any] = connect(conninfo, **params)
+            info, params = self.credentials.params(conninfo, kwargs, secret)
+            conn: Connection[Any] = connect(info, **params)
             return conn
 
         try:
             conn = drive(self.login.plan(), attempt, time.sleep)
         except AuthenticationFailed as exc:
-            logger.error("%s", exc)
             self._set_failure(exc)
             raise
-        self._set_failure(None)
+        self.credentials.set_failure(None)
         return conn
 
-    def _set_failure(self, failure: AuthenticationFailed | None) -> None:
-        with self._failure_lock:
-            self._auth_failure = failure
-        if failure is None:
-            return
+    def _set_failure(self, failure: AuthenticationFailed) -> None:
+        self.credentials.set_failure(failure)
         # Fail the callers already waiting for a connection, as close() does with PoolClosed
         # (psycopg_pool's WaitingClient.fail); otherwise they wait for `timeout`.
         with self._lock:
@@ -174,9 +249,13 @@ def default_pool() -> CredentialPool:
     if pool is not None:
         return pool
     with _default_lock:
-        if _default is None:
-            _default = Settings.from_env().build_pool()
-        return _default
+        if _default is not None:
+            return _default
+        _default = pool = Settings.from_env().build_pool()
+    from . import snapstart
+
+    snapstart.install()  # under Lambda SnapStart: no secret or connection in the snapshot
+    return pool
 
 
 def get_connection(timeout: float | None = None) -> Any:
