@@ -466,7 +466,16 @@ def test_example_app_reads_through_the_proxy_with_get_secret_value_only(
     assert f"def {func}(" in source.read_text()
     assert source == build_package().EXAMPLE_APP  # the build puts it in the zip
     env = props["Environment"]["Variables"]
-    assert env["DBCREDS_SECRET_ID"] == {"Ref": "SecretArn"}
+    # Password logins read the secret; with the proxy's IAM auth, tokens for ExampleAppDbUser.
+    assert env["DBCREDS_SECRET_ID"] == {
+        "Fn::If": ["IsProxyIAMAuth", {"Ref": "AWS::NoValue"}, {"Ref": "SecretArn"}]
+    }
+    assert env["DBCREDS_IAM_USER"] == {
+        "Fn::If": ["IsProxyIAMAuth", {"Ref": "ExampleAppDbUser"}, {"Ref": "AWS::NoValue"}]
+    }
+    assert template["Conditions"]["IsProxyIAMAuth"] == {
+        "Fn::Equals": [{"Ref": "ProxyIAMAuth"}, "REQUIRED"]
+    }
     [proxy] = of_type(resources, "AWS::RDS::DBProxy")
     assert env["DBCREDS_HOST"] == {"Fn::GetAtt": [proxy, "Endpoint"]}
     assert props["VpcConfig"]["SubnetIds"] == {"Ref": "PrivateSubnetIds"}
