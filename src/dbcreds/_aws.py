@@ -70,7 +70,7 @@ def secret_call() -> Iterator[None]:
 def new_client(service: str = "secretsmanager", **config: Any) -> Any:
     """A boto3 client with Lambda-friendly timeouts and botocore's standard retry mode.
 
-    Region and endpoint come from botocore's own settings (``AWS_REGION``,
+    Region and endpoint come from botocore's own settings (``AWS_DEFAULT_REGION``, set by Lambda,
     ``AWS_ENDPOINT_URL_SECRETS_MANAGER``, ...). Throttling and 5xx answers are retried by
     botocore ("standard" mode: exponential backoff with jitter).
     """

@@ -16,7 +16,7 @@
                          secret (needs ``DBCREDS_HOST``; excludes ``DBCREDS_SECRET_ID``)
 ======================== ===========================================================
 
-Region and endpoint come from botocore's own settings (``AWS_REGION``,
+Region and endpoint come from botocore's own settings (``AWS_DEFAULT_REGION``, set by Lambda,
 ``AWS_ENDPOINT_URL_SECRETS_MANAGER``); no password ever comes from the environment.
 """
 
