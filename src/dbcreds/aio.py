@@ -211,6 +211,10 @@ class AsyncCredentialPool(AsyncConnectionPool[AsyncConnection[Any]]):
 
     # -- the connect path (runs in the pool's worker tasks) ----------------------------
 
+    async def _return_connection(self, conn: AsyncConnection[Any], from_getconn: bool) -> None:
+        self.credentials.keep_through_window(conn)
+        await super()._return_connection(conn, from_getconn)
+
     async def _login(
         self,
         connect: Callable[..., Awaitable[AsyncConnection[Any]]],

@@ -100,6 +100,20 @@ class PoolLogin:
         if failure is not None:
             raise AuthenticationFailed(failure.secret_id, failure.detail)
 
+    def keep_through_window(self, conn: Any) -> None:
+        """Called as a connection comes back to its pool.
+
+        psycopg_pool retires a connection past ``max_lifetime`` when it comes back, and
+        callers wait for its replacement (break-before-make). While a login waits out a
+        rotation window (``policy.retrying``) that replacement cannot log in yet: keep the
+        old connection a little longer instead. ``_expire_at`` is psycopg_pool's (3.x) own
+        expiry stamp.
+        """
+        if self.policy.retrying:
+            now = time.monotonic()
+            if getattr(conn, "_expire_at", now + 1) <= now:
+                conn._expire_at = now + _LIFETIME_GRACE
+
     def set_failure(self, failure: AuthenticationFailed | None) -> None:
         if failure is not None:
             logger.error("%s", failure)
@@ -180,14 +194,7 @@ class CredentialPool(ConnectionPool[Connection[Any]]):
     # -- connection lifetime ---------------------------------------------------------------
 
     def _return_connection(self, conn: Connection[Any], from_getconn: bool) -> None:
-        # psycopg_pool retires a connection past max_lifetime when it comes back, and callers
-        # wait for its replacement (break-before-make). While a login waits out a rotation
-        # window (login.retrying) that replacement cannot log in yet: keep the old connection
-        # a little longer instead. `_expire_at` is psycopg_pool's (3.x) own expiry stamp.
-        if self.login.retrying:
-            now = time.monotonic()
-            if getattr(conn, "_expire_at", now + 1) <= now:
-                conn._expire_at = now + _LIFETIME_GRACE
+        self.credentials.keep_through_window(conn)
         super()._return_connection(conn, from_getconn)
 
     # -- the connect path (runs in the pool's worker threads) --------------------------
