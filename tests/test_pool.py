@@ -108,6 +108,7 @@ def test_wrong_password_everywhere_fails_fast_and_clearly(
     with pytest.raises(AuthenticationFailed) as info, pool.connection():
         pass
     elapsed = time.monotonic() - t0
+    print(f"\n[{route}] AuthenticationFailed after {elapsed * 1000:.0f} ms")
     assert elapsed < 2.0, f"AuthenticationFailed after {elapsed:.1f}s"
     assert app.secret_id in str(info.value)
 
