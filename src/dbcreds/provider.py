@@ -85,6 +85,10 @@ class SecretProvider:
         Manager fails (stale-if-error); 0 disables it.
     :param pending_ttl: how long an AWSPENDING answer (or its absence) is reused.
     :param error_backoff: (first, cap) seconds between refetches while Secrets Manager fails.
+    :param fetcher: ``fetch(secret_id, stage) -> GetSecretValue dict`` instead of boto3; one
+        with a ``fetch_fresh`` method (a cache) has it called for forced refreshes. Without
+        ``client`` and ``fetcher``: the Lambda extension / Secrets Manager Agent when one is
+        configured, else boto3 (``dbcreds.extension``).
     """
 
     def __init__(
@@ -199,7 +203,7 @@ class SecretProvider:
         if not leader:
             return flight.result().secret
         try:
-            entry = self._load(stage)
+            entry = self._load(stage, fresh=force)
         except BaseException as exc:
             with self._lock:
                 del self._flights[stage]
@@ -211,11 +215,11 @@ class SecretProvider:
         flight.set_result(entry)
         return entry.secret
 
-    def _load(self, stage: str) -> _Entry:
+    def _load(self, stage: str, fresh: bool = False) -> _Entry:
         """Fetch one label (only ever called by the flight's leader)."""
         started = self._clock()
         try:
-            secret = self._fetch(stage)
+            secret = self._fetch(stage, fresh)
         except SecretNotFound:
             if stage == AWSPENDING:  # no rotation in progress (or no value put yet)
                 return _Entry(None, started, self._jittered(self.pending_ttl))
@@ -256,12 +260,15 @@ class SecretProvider:
 
     # -- Secrets Manager ----------------------------------------------------------------
 
-    def _fetch(self, stage: str) -> DbSecret:
+    def _fetch(self, stage: str, fresh: bool = False) -> DbSecret:
         t0 = time.perf_counter()
         with self._lock:
             self._stats["fetches"] += 1
+        fetch = self._fetcher or self._default_fetcher()
+        if fresh:  # forced: a cache in front of Secrets Manager (the extension) is bypassed
+            fetch = getattr(fetch, "fetch_fresh", fetch)
         try:
-            response = (self._fetcher or self._get_secret_value)(self.secret_id, stage)
+            response = fetch(self.secret_id, stage)
         except DbcredsError:
             self._count_error()
             raise
@@ -278,6 +285,19 @@ class SecretProvider:
     def _count_error(self) -> None:
         with self._lock:
             self._stats["fetch_errors"] += 1
+
+    def _default_fetcher(self) -> Fetcher:
+        """boto3, or the Lambda extension / Secrets Manager Agent when one is configured and no
+        client was given: chosen once, at the first fetch (see ``dbcreds.extension``)."""
+        with self._lock:
+            if self._fetcher is None:
+                if self._client is not None:
+                    self._fetcher = self._get_secret_value
+                else:
+                    from .extension import auto_fetcher
+
+                    self._fetcher = auto_fetcher(self._get_secret_value)
+            return self._fetcher
 
     def _get_secret_value(self, secret_id: str, stage: str) -> dict[str, Any]:
         client = self._client or self._create_client()

@@ -1,0 +1,252 @@
+"""Cold start: a fresh process fetches the secret and runs its first query through the proxy.
+
+Each variant is a tiny program run with ``python -c``. It takes ``t0`` on its first line
+(before any import but ``time``), imports what it needs, gets the credentials its way, connects
+through the RDS Proxy stand-in, runs ``SELECT 1``, and prints ``init_ms`` (t0 to the row) and
+its peak RSS; the parent also times the whole process (interpreter start to exit). Variants run
+interleaved (a shuffled round of every variant, repeated), after discarded warm-up rounds.
+
+The concurrent variant: 64 threads of one fresh process, released together, each getting the
+credentials and running its first query; the endpoint counts the GetSecretValue calls.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from typing import Any
+
+from _common import STUB_TOKEN, child_env, extension_stub, median, stub_call
+
+HEAD = "import time\nt0 = time.perf_counter()\nimport os\nE = os.environ\n"
+TAIL = """
+row = conn.execute("select 1").fetchone()
+t1 = time.perf_counter()
+assert row == (1,)
+import json, resource, sys
+# VmHWM: this process's peak RSS (getrusage's ru_maxrss would include the parent's, from fork)
+hwm = [line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")]
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"init_ms": (t1 - t0) * 1000, "rss_kb": int(hwm[0]),
+                  "cpu_ms": (ru.ru_utime + ru.ru_stime) * 1000,
+                  "sdk": "botocore" in sys.modules}))
+sys.stdout.flush()
+os._exit(0)
+"""
+CONNECT = ("conn = psycopg.connect(host=E['BENCH_HOST'], port=E['BENCH_PORT'], "
+           "dbname=creds['dbname'], user=creds['username'], password=creds['password'])\n")
+
+VARIANTS: dict[str, str] = {
+    # The seed story's application code: boto3 get_secret_value, then connect.
+    "seed (boto3 + psycopg.connect)": """
+import json
+import boto3
+import psycopg
+client = boto3.client("secretsmanager")
+secret = client.get_secret_value(SecretId=E["BENCH_SECRET_ID"])
+creds = json.loads(secret["SecretString"])
+""" + CONNECT,
+    "dbcreds (boto3)": """
+import dbcreds
+conn = dbcreds.get_connection().__enter__()
+""",
+    "dbcreds (extension, cold cache)": """
+import dbcreds
+conn = dbcreds.get_connection().__enter__()
+""",
+    "dbcreds (extension, warm cache)": """
+import dbcreds
+conn = dbcreds.get_connection().__enter__()
+""",
+    "aws-secretsmanager-caching + psycopg": """
+import json
+import boto3
+import psycopg
+from aws_secretsmanager_caching import SecretCache, SecretCacheConfig
+cache = SecretCache(config=SecretCacheConfig(), client=boto3.client("secretsmanager"))
+creds = json.loads(cache.get_secret_string(E["BENCH_SECRET_ID"]))
+""" + CONNECT,
+    "Powertools get_secret + psycopg": """
+import psycopg
+from aws_lambda_powertools.utilities import parameters
+creds = parameters.get_secret(E["BENCH_SECRET_ID"], transform="json")
+""" + CONNECT,
+    "floor (psycopg.connect, password known)": """
+import psycopg
+creds = {"dbname": E["BENCH_DBNAME"], "username": E["BENCH_USER"],
+         "password": E["BENCH_PASSWORD"]}
+""" + CONNECT,
+}
+SEED = "seed (boto3 + psycopg.connect)"
+FLOOR = "floor (psycopg.connect, password known)"
+
+
+def _envs(stack: Any, app: Any, stub_port: int) -> dict[str, dict[str, str]]:
+    host, port = stack.address("rds_proxy")
+    base = child_env(stack, BENCH_SECRET_ID=app.secret_id, BENCH_HOST=host,
+                     BENCH_PORT=str(port), BENCH_DBNAME=stack.dbname)
+    dbc = {**base, "DBCREDS_SECRET_ID": app.secret_id, "DBCREDS_HOST": host,
+           "DBCREDS_PORT": str(port)}
+    ext = {**dbc, "PARAMETERS_SECRETS_EXTENSION_HTTP_PORT": str(stub_port),
+           "AWS_SESSION_TOKEN": STUB_TOKEN}
+    envs = {name: base for name in VARIANTS}
+    envs["dbcreds (boto3)"] = dbc
+    envs["dbcreds (extension, cold cache)"] = ext
+    envs["dbcreds (extension, warm cache)"] = ext
+    envs[FLOOR] = {**base, "BENCH_USER": app.username, "BENCH_PASSWORD": app.password}
+    return envs
+
+
+def _run_once(code: str, env: dict[str, str]) -> dict[str, Any]:
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", HEAD + code + TAIL], env=env,
+                          capture_output=True, text=True, timeout=120)
+    wall = (time.perf_counter() - started) * 1000
+    if done.returncode != 0:
+        raise RuntimeError(f"cold-start child failed: {done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["process_ms"] = wall
+    return result
+
+
+def cold_start(stack: Any, tmp: Any, runs: int = 12, warmup: int = 2) -> dict[str, Any]:
+    app = stack.new_app("bench_cold")
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
+    with extension_stub(stack, tmp) as stub_port:
+        envs = _envs(stack, app, stub_port)
+        for round_no in range(warmup + runs):
+            order = list(VARIANTS)
+            random.shuffle(order)
+            for name in order:
+                if name == "dbcreds (extension, cold cache)":
+                    stub_call(stub_port, "_reset")
+                elif name == "dbcreds (extension, warm cache)":
+                    stub_call(stub_port, "_reset")
+                    _prime(stub_port, app.secret_id)
+                result = _run_once(VARIANTS[name], envs[name])
+                if round_no >= warmup:
+                    samples[name].append(result)
+    stack.rds_proxy.unwatch(app.secret_id)
+    table: dict[str, dict[str, Any]] = {}
+    for name, rows in samples.items():
+        table[name] = {
+            "init_ms": median([r["init_ms"] for r in rows]),
+            "process_ms": median([r["process_ms"] for r in rows]),
+            "rss_mb": median([r["rss_kb"] for r in rows]) / 1024,
+            "cpu_ms": median([r["cpu_ms"] for r in rows]),
+            "sdk_imported": any(r["sdk"] for r in rows),
+            "runs": len(rows),
+            "init_ms_all": [round(r["init_ms"], 1) for r in rows],
+        }
+    for row in table.values():
+        row["vs_seed"] = row["init_ms"] / table[SEED]["init_ms"]
+        row["vs_floor"] = row["init_ms"] / table[FLOOR]["init_ms"]
+        row["process_vs_seed"] = row["process_ms"] / table[SEED]["process_ms"]
+        row["process_vs_floor"] = row["process_ms"] / table[FLOOR]["process_ms"]
+    return {"runs": runs, "warmup": warmup, "variants": table}
+
+
+def _prime(port: int, secret_id: str) -> None:
+    import urllib.request
+    from urllib.parse import quote
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/secretsmanager/get?secretId={quote(secret_id, safe='')}"
+        "&versionStage=AWSCURRENT", headers={"X-Aws-Parameters-Secrets-Token": STUB_TOKEN})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=10) as response:
+        response.read()
+
+
+# -- 64 threads of one fresh process ----------------------------------------------------------
+
+CONCURRENT_HEAD = """
+import os, sys, threading, time, json
+E = os.environ
+N = int(E["BENCH_THREADS"])
+barrier = threading.Barrier(N)
+errors = []
+"""
+CONCURRENT_TAIL = """
+def run():
+    barrier.wait()
+    try:
+        one()
+    except Exception as exc:
+        errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+t0 = time.perf_counter()
+threads = [threading.Thread(target=run) for _ in range(N)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps({"wall_ms": (time.perf_counter() - t0) * 1000, "errors": errors[:3],
+                  "failed": len(errors)}))
+sys.stdout.flush()
+os._exit(0)
+"""
+PEER_CONNECT = """
+    conn = psycopg.connect(host=E['BENCH_HOST'], port=E['BENCH_PORT'], dbname=creds['dbname'],
+                           user=creds['username'], password=creds['password'],
+                           autocommit=True)  # no open transaction pinning a server connection
+    conn.execute("select 1").fetchone()
+    conns.append(conn)
+"""
+CONCURRENT: dict[str, str] = {
+    "dbcreds": """
+import dbcreds
+def one():
+    with dbcreds.get_connection(timeout=30) as conn:
+        conn.execute("select 1").fetchone()
+""",
+    "seed (boto3 per thread)": """
+import json, boto3, psycopg
+conns = []
+client = boto3.client("secretsmanager")
+def one():
+    creds = json.loads(client.get_secret_value(SecretId=E["BENCH_SECRET_ID"])["SecretString"])
+""" + PEER_CONNECT,
+    "aws-secretsmanager-caching": """
+import json, boto3, psycopg
+from aws_secretsmanager_caching import SecretCache, SecretCacheConfig
+conns = []
+cache = SecretCache(config=SecretCacheConfig(), client=boto3.client("secretsmanager"))
+def one():
+    creds = json.loads(cache.get_secret_string(E["BENCH_SECRET_ID"]))
+""" + PEER_CONNECT,
+    "Powertools get_secret": """
+import psycopg
+from aws_lambda_powertools.utilities import parameters
+conns = []
+def one():
+    creds = parameters.get_secret(E["BENCH_SECRET_ID"], transform="json")
+""" + PEER_CONNECT,
+}
+
+
+def concurrent_cold_start(stack: Any, threads: int = 64, runs: int = 3) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name, code in CONCURRENT.items():
+        calls, describe, walls, failed = [], [], [], []
+        for _ in range(runs):
+            app = stack.new_app("bench_conc", watch=False)
+            host, port = stack.address("pgbouncer")
+            env = child_env(stack, BENCH_SECRET_ID=app.secret_id, BENCH_HOST=host,
+                            BENCH_PORT=str(port), BENCH_THREADS=str(threads),
+                            DBCREDS_SECRET_ID=app.secret_id, DBCREDS_HOST=host,
+                            DBCREDS_PORT=str(port), DBCREDS_POOL_MAX_SIZE=str(threads))
+            done = subprocess.run([sys.executable, "-c", CONCURRENT_HEAD + code
+                                   + CONCURRENT_TAIL], env=env, capture_output=True, text=True,
+                                  timeout=180)
+            if done.returncode != 0:
+                raise RuntimeError(f"{name}: {done.stderr[-2000:]}")
+            doc = json.loads(done.stdout.strip().splitlines()[-1])
+            calls.append(stack.secrets.count("GetSecretValue", secret_id=app.secret_id))
+            describe.append(stack.secrets.count("DescribeSecret", secret_id=app.secret_id))
+            walls.append(doc["wall_ms"])
+            failed.append(doc["failed"])
+        results[name] = {"GetSecretValue": median(calls), "DescribeSecret": median(describe),
+                         "wall_ms": median(walls), "failed": max(failed),
+                         "GetSecretValue_all": calls}
+    return {"threads": threads, "runs": runs, "variants": results}

@@ -1,0 +1,331 @@
+"""The extension transport: secrets from the Lambda extension or the Secrets Manager Agent.
+
+The AWS Parameters and Secrets Lambda Extension (a Lambda layer) and the AWS Secrets Manager
+Agent (EC2, ECS, EKS, or packaged as a Lambda extension) both answer, on localhost,
+
+    GET /secretsmanager/get?secretId=<id>&versionStage=<stage>
+    X-Aws-Parameters-Secrets-Token: <token>
+
+with the GetSecretValue JSON (``ARN``, ``Name``, ``VersionId``, ``SecretString``,
+``VersionStages``, ``CreatedDate``), from their own in-memory cache. Talking to them needs only
+``http.client``: a process whose secret comes this way never imports boto3 (about half of a
+Python Lambda's cold start with the SDK, see benchmarks/README.md).
+
+**Which transport** (`auto_fetcher`, asked once per `SecretProvider` that was given neither a
+``client`` nor a ``fetcher``), by ``DBCREDS_SECRETS_TRANSPORT``:
+
+* ``sdk``: boto3, always.
+* ``extension``: the extension, even if nothing below detects it.
+* ``auto`` (default): the extension when ``PARAMETERS_SECRETS_EXTENSION_HTTP_PORT`` is set
+  (the Lambda extension's own setting) or when an executable named like the layer or the Agent
+  (``*ParametersAndSecrets*``, ``*secrets*manager*agent*``, any case) is in
+  ``/opt/extensions``; boto3 otherwise.
+
+Either way the extension needs a token: ``AWS_SESSION_TOKEN`` (always set in Lambda), else
+``AWS_TOKEN`` (the Agent's default; ``file://PATH`` reads it from a file). Without one, boto3.
+The port is ``PARAMETERS_SECRETS_EXTENSION_HTTP_PORT``, default 2773.
+
+**Falling back.** When the extension does not answer (connection refused or reset, timeout,
+not HTTP), that fetch is made with boto3 instead, and boto3 stays in use for ``retry_after``
+seconds (60) before the extension is tried again: a missing layer costs one refused
+connection per minute, not one per fetch.
+
+**Bypassing its cache.** The extension serves what it cached for up to its TTL
+(``SECRETS_MANAGER_TTL``, 300 s by default) and cannot be told to refetch. That is right for
+the cold start and for the provider's TTL refreshes, and wrong exactly when a login was just
+refused with the value it serves (a rotation). So `ExtensionTransport.fetch_fresh` — what the
+provider calls for a forced refresh — and every read of another stage than AWSCURRENT
+(AWSPENDING is read only on a refused login) go to Secrets Manager through boto3; after such
+a fresh read the secret stays on boto3 for the extension's TTL, so that the extension's older
+copy is never taken back.
+
+**Errors** become dbcreds' typed errors: ``ResourceNotFoundException`` (or HTTP 404) ->
+`SecretNotFound`; HTTP 401/403 (a token the extension refused) and AWS's access-denied codes
+-> `SecretAccessDenied`; throttling, HTTP 429 and 5xx -> `SecretsManagerUnavailable`. Nothing
+of a response body but the AWS error code ever reaches a message or a log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+from .errors import (
+    DbcredsError,
+    SecretAccessDenied,
+    SecretNotFound,
+    SecretsManagerUnavailable,
+)
+
+__all__ = [
+    "DEFAULT_PORT",
+    "ExtensionTransport",
+    "ExtensionUnreachable",
+    "auto_fetcher",
+    "extension_configured",
+]
+
+logger = logging.getLogger("dbcreds.extension")
+
+DEFAULT_PORT = 2773
+TOKEN_HEADER = "X-Aws-Parameters-Secrets-Token"  # noqa: S105 (a header name)
+#: Where Lambda layers put extensions (a module attribute so that tests can point it elsewhere).
+EXTENSIONS_DIR = "/opt/extensions"
+_LAYER_NAMES = ("parametersandsecrets", "secretsmanageragent", "secrets-manager-agent",
+                "secrets_manager_agent")
+
+#: fetch(secret_id, stage) -> the GetSecretValue response (as `dbcreds.provider.Fetcher`).
+Fetcher = Callable[[str, str], dict[str, Any]]
+
+_NOT_FOUND = frozenset({"ResourceNotFoundException"})
+_GONE = frozenset({"InvalidRequestException"})
+_DENIED = frozenset({
+    "AccessDeniedException", "AccessDenied", "UnrecognizedClientException",
+    "InvalidClientTokenId", "ExpiredTokenException", "DecryptionFailure",
+    "KMSAccessDeniedException", "InvalidSignatureException",
+})
+
+
+class ExtensionUnreachable(Exception):
+    """The extension did not answer (nothing listens, timeout, not HTTP): use the SDK."""
+
+
+# -- selection ------------------------------------------------------------------------------
+
+def _token(env: Mapping[str, str]) -> str | None:
+    token = env.get("AWS_SESSION_TOKEN") or env.get("AWS_TOKEN")
+    if token and token.startswith("file://"):
+        try:
+            with open(token[len("file://"):], encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError:
+            return None
+    return token or None
+
+
+def _port(env: Mapping[str, str]) -> int:
+    raw = env.get("PARAMETERS_SECRETS_EXTENSION_HTTP_PORT", "").strip()
+    try:
+        port = int(raw) if raw else DEFAULT_PORT
+    except ValueError:
+        port = DEFAULT_PORT
+    return port if 0 < port < 65536 else DEFAULT_PORT
+
+
+def _layer_present() -> bool:
+    try:
+        names = os.listdir(EXTENSIONS_DIR)
+    except OSError:
+        return False
+    return any(n in name.lower() for name in names for n in _LAYER_NAMES)
+
+
+def extension_configured(env: Mapping[str, str] | None = None) -> bool:
+    """True when the rule in the module docstring picks the extension (a token is needed)."""
+    env = os.environ if env is None else env
+    mode = env.get("DBCREDS_SECRETS_TRANSPORT", "auto").strip().lower() or "auto"
+    if mode not in ("auto", "sdk", "extension"):
+        logger.warning("DBCREDS_SECRETS_TRANSPORT=%r is not auto, sdk or extension: using auto",
+                       mode)
+        mode = "auto"
+    if mode == "sdk":
+        return False
+    if _token(env) is None:
+        if mode == "extension":
+            logger.warning("DBCREDS_SECRETS_TRANSPORT=extension but neither AWS_SESSION_TOKEN nor "
+                           "AWS_TOKEN is set: the extension would refuse us; using the AWS SDK")
+        return False
+    if mode == "extension":
+        return True
+    return bool(env.get("PARAMETERS_SECRETS_EXTENSION_HTTP_PORT", "").strip()) or _layer_present()
+
+
+def auto_fetcher(sdk: Fetcher, env: Mapping[str, str] | None = None) -> Fetcher:
+    """The fetcher a provider should use: an `ExtensionTransport` falling back to *sdk* when
+    the extension is configured (module docstring), else *sdk* itself."""
+    env = os.environ if env is None else env
+    if not extension_configured(env):
+        return sdk
+    token = _token(env)
+    assert token is not None
+    transport = ExtensionTransport(sdk, port=_port(env), token=token,
+                                   cache_ttl=_float(env, "SECRETS_MANAGER_TTL", 300.0))
+    logger.debug("secrets come from the extension on port %d (boto3 as fallback)",
+                 transport.port)
+    return transport
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    try:
+        return float(env.get(name, "").strip() or default)
+    except ValueError:
+        return default
+
+
+# -- the transport --------------------------------------------------------------------------
+
+class ExtensionTransport:
+    """A fetcher (``transport(secret_id, stage) -> GetSecretValue dict``) over the extension.
+
+    :param sdk: the fetcher to fall back to (the provider's boto3 call).
+    :param port: the extension's port on 127.0.0.1.
+    :param token: the value of the ``X-Aws-Parameters-Secrets-Token`` header.
+    :param retry_after: seconds the SDK is used after the extension failed to answer.
+    :param cache_ttl: the extension's own cache TTL: how long a secret read fresh through the
+        SDK stays on the SDK.
+    :param connect_timeout, read_timeout: seconds (a cache miss makes the extension call
+        Secrets Manager before it answers, hence the longer read timeout).
+    """
+
+    def __init__(
+        self,
+        sdk: Fetcher,
+        *,
+        port: int = DEFAULT_PORT,
+        token: str,
+        host: str = "127.0.0.1",
+        retry_after: float = 60.0,
+        cache_ttl: float = 300.0,
+        connect_timeout: float = 0.5,
+        read_timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sdk = sdk
+        self.host = host
+        self.port = port
+        self._token = token
+        self.retry_after = retry_after
+        self.cache_ttl = cache_ttl
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._down_until: float | None = None  # extension failed to answer: SDK until then
+        self._fresh_until: dict[str, float] = {}  # secret_id -> SDK until then
+        self._stats = {"extension": 0, "sdk": 0, "unreachable": 0}
+
+    def __repr__(self) -> str:
+        return f"<ExtensionTransport 127.0.0.1:{self.port} fallback=sdk>"
+
+    def get_stats(self) -> dict[str, int]:
+        """Fetches answered by the extension, made through the SDK, and times it didn't answer."""
+        with self._lock:
+            return dict(self._stats)
+
+    def __call__(self, secret_id: str, stage: str) -> dict[str, Any]:
+        if stage != "AWSCURRENT" or not self._use_extension(secret_id):
+            return self._sdk(secret_id, stage)
+        try:
+            response = self.get(secret_id, stage)
+        except ExtensionUnreachable as exc:
+            with self._lock:
+                self._stats["unreachable"] += 1
+                self._down_until = self._clock() + self.retry_after
+            logger.warning(
+                "the secrets extension on 127.0.0.1:%d did not answer (%s): using the AWS SDK "
+                "for %.0f s", self.port, exc, self.retry_after,
+            )
+            return self._sdk(secret_id, stage)
+        with self._lock:
+            self._stats["extension"] += 1
+        return response
+
+    def fetch_fresh(self, secret_id: str, stage: str) -> dict[str, Any]:
+        """Secrets Manager's answer, not the extension's cached one (a login was refused)."""
+        if stage == "AWSCURRENT":
+            with self._lock:
+                self._fresh_until[secret_id] = self._clock() + self.cache_ttl
+        return self._sdk(secret_id, stage)
+
+    def _use_extension(self, secret_id: str) -> bool:
+        now = self._clock()
+        with self._lock:
+            if self._down_until is not None and now < self._down_until:
+                return False
+            fresh_until = self._fresh_until.get(secret_id)
+            if fresh_until is not None:
+                if now < fresh_until:
+                    return False
+                del self._fresh_until[secret_id]
+            return True
+
+    def _sdk(self, secret_id: str, stage: str) -> dict[str, Any]:
+        with self._lock:
+            self._stats["sdk"] += 1
+        return self.sdk(secret_id, stage)
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def get(self, secret_id: str, stage: str) -> dict[str, Any]:
+        """One GET to the extension. Raises `ExtensionUnreachable` or a `DbcredsError`."""
+        import http.client  # deferred: only this transport needs it
+
+        path = (f"/secretsmanager/get?secretId={quote(secret_id, safe='')}"
+                f"&versionStage={quote(stage, safe='')}")
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
+        try:
+            try:
+                conn.connect()
+                if conn.sock is not None:
+                    conn.sock.settimeout(self.read_timeout)
+                conn.request("GET", path, headers={TOKEN_HEADER: self._token})
+                response = conn.getresponse()
+                status = response.status
+                body = response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                # ConnectionRefusedError, TimeoutError, ConnectionResetError, RemoteDisconnected,
+                # BadStatusLine, ...: the extension is not there (or not an extension).
+                raise ExtensionUnreachable(type(exc).__name__) from None
+        finally:
+            conn.close()
+        if status == 200:
+            return self._document(secret_id, body)
+        raise self._error(secret_id, stage, status, body)
+
+    def _document(self, secret_id: str, body: bytes) -> dict[str, Any]:
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None  # the decoder's message quotes the body: never chain it
+        if not isinstance(doc, dict):
+            raise SecretsManagerUnavailable(
+                secret_id, "the secrets extension answered 200 with something else than a JSON "
+                "object")
+        return doc
+
+    @staticmethod
+    def _error(secret_id: str, stage: str, status: int, body: bytes) -> DbcredsError:
+        code = _error_code(body)
+        if code in _NOT_FOUND or (code is None and status == 404):
+            return SecretNotFound(secret_id, "" if stage == "AWSCURRENT" else f"no {stage} value")
+        if code in _GONE:
+            return SecretNotFound(secret_id, f"{code}: it may be scheduled for deletion")
+        if code in _DENIED:
+            return SecretAccessDenied(secret_id, code or "")
+        if code is None and status in (401, 403):
+            return SecretAccessDenied(
+                secret_id, f"the secrets extension refused the {TOKEN_HEADER} header "
+                f"(HTTP {status}): it must be AWS_SESSION_TOKEN (or the Agent's AWS_TOKEN)")
+        return SecretsManagerUnavailable(
+            secret_id, f"{code} (secrets extension, HTTP {status})" if code
+            else f"secrets extension answered HTTP {status}")
+
+
+def _error_code(body: bytes) -> str | None:
+    """The AWS error code of an error body (``{"__type": "...", "message": "..."}``)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    code = doc.get("__type") or doc.get("Code") or doc.get("code")
+    if not isinstance(code, str) or not code:
+        return None
+    return code.rsplit("#", 1)[-1][:100]  # "com.amazonaws...#ResourceNotFoundException"
