@@ -167,3 +167,28 @@ def test_get_connection_without_secret_id_says_so(monkeypatch: pytest.MonkeyPatc
     dbcreds.close_default_pool()
     with pytest.raises(dbcreds.ConfigurationError, match="DBCREDS_SECRET_ID"):
         dbcreds.get_connection()
+
+
+def test_pool_recovers_by_itself_once_the_secret_is_fixed(
+    stack: Any, sm_client: Any, app: Any, make_pool: Any
+) -> None:
+    doc = json.loads(sm_client.get_secret_value(
+        SecretId=app.secret_id, VersionStage="AWSCURRENT")["SecretString"])
+    sm_client.put_secret_value(SecretId=app.secret_id,
+                               SecretString=json.dumps({**doc, "password": "Wr0ng-pw-123"}))
+    pool = make_pool(app.secret_id, min_size=1, **endpoint(stack, "pgbouncer"))
+    with pytest.raises(AuthenticationFailed), pool.connection():
+        pass
+
+    # Someone puts the right password back: no restart, no new pool.
+    sm_client.put_secret_value(SecretId=app.secret_id, SecretString=json.dumps(doc))
+    deadline = time.monotonic() + 30
+    while True:  # bounded poll on the real condition: a request that succeeds
+        try:
+            with pool.connection(timeout=5) as conn:
+                assert conn.execute("select current_user").fetchone() == (app.username,)
+            break
+        except AuthenticationFailed:
+            assert time.monotonic() < deadline, "the pool never recovered"
+            threading.Event().wait(0.1)
+    assert pool.get_stats()["auth_failed"] == 0
