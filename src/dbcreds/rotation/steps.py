@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ..secret import DbSecret
 from .connect import describe_failure, try_login
 from .events import AWSCURRENT, AWSPENDING, RotationEvent, RotationStep, Versions
-from .exceptions import RotationStateError, TestSecretFailed
+from .exceptions import RotationError, RotationStateError, TestSecretFailed
 from .settings import RotationSettings
 from .store import SecretStore
 from .strategies import RotationStrategy
@@ -47,6 +47,10 @@ class StepContext:
     @property
     def where(self) -> str:
         return f"{self.step} for secret {self.secret_arn!r}"
+
+    def error(self, kind: type[RotationError], message: str) -> RotationError:
+        """*kind* of error for this step: the message is prefixed with where it happened."""
+        return kind(f"{self.where}: {message}", secret_id=self.secret_arn, step=self.step)
 
     def pending(self) -> DbSecret:
         pending = self.store.get(AWSPENDING, self.event.token)
@@ -87,29 +91,26 @@ def test_secret(ctx: StepContext) -> str:
     pending = ctx.pending()
     conn, reason = try_login(pending, ctx.settings)
     if conn is None:
-        raise TestSecretFailed(
-            f"{ctx.where}: AWSPENDING does not log in to {pending.host}:{pending.port}/"
+        raise ctx.error(
+            TestSecretFailed,
+            f"AWSPENDING does not log in to {pending.host}:{pending.port}/"
             f"{pending.dbname} as {pending.username!r}: {reason}. setSecret has not taken "
             "effect: the rotation stops here and AWSCURRENT is unchanged",
-            secret_id=ctx.secret_arn,
-            step=ctx.step,
         )
     with conn:
         try:
             row = conn.execute("SELECT current_user").fetchone()
         except Exception as exc:
-            raise TestSecretFailed(
-                f"{ctx.where}: logged in with AWSPENDING but a query failed: "
+            raise ctx.error(
+                TestSecretFailed,
+                f"logged in with AWSPENDING but a query failed: "
                 f"{describe_failure(exc, ctx.store.seen)}",
-                secret_id=ctx.secret_arn,
-                step=ctx.step,
             ) from None
     if not row or row[0] != pending.username:
-        raise TestSecretFailed(
-            f"{ctx.where}: logged in with AWSPENDING as {row[0] if row else None!r}, "
+        raise ctx.error(
+            TestSecretFailed,
+            f"logged in with AWSPENDING as {row[0] if row else None!r}, "
             f"expected {pending.username!r}",
-            secret_id=ctx.secret_arn,
-            step=ctx.step,
         )
     return "AWSPENDING logs in"
 

@@ -70,21 +70,19 @@ class SingleUser:
 
     def check_pending(self, ctx: StepContext, current: DbSecret, pending: DbSecret) -> None:
         if pending.username != current.username:
-            raise RotationError(
-                f"{ctx.where}: AWSPENDING is for user {pending.username!r} but AWSCURRENT is "
+            raise ctx.error(
+                RotationError,
+                f"AWSPENDING is for user {pending.username!r} but AWSCURRENT is "
                 f"for {current.username!r}; the single-user strategy only changes the "
                 "password of the current user (set ROTATION_STRATEGY=alternating-users for a "
                 "user pair)",
-                secret_id=ctx.secret_arn,
-                step=ctx.step,
             )
         if not _same_server(pending, current):
-            raise RotationError(
-                f"{ctx.where}: AWSPENDING is for server {pending.host}:{pending.port} but "
+            raise ctx.error(
+                RotationError,
+                f"AWSPENDING is for server {pending.host}:{pending.port} but "
                 f"AWSCURRENT is for {current.host}:{current.port}; rotation never changes a "
                 "password on another server",
-                secret_id=ctx.secret_arn,
-                step=ctx.step,
             )
 
     def change_password(self, ctx: StepContext, current: DbSecret, pending: DbSecret) -> str:
@@ -107,11 +105,10 @@ class SingleUser:
                 try:
                     set_password(conn, pending.username, pending.password)
                 except Exception as exc:
-                    raise RotationError(
-                        f"{ctx.where}: changing the password of {pending.username!r} on "
+                    raise ctx.error(
+                        RotationError,
+                        f"changing the password of {pending.username!r} on "
                         f"{_target(pending)} failed: {describe_failure(exc, ctx.store.seen)}",
-                        secret_id=ctx.secret_arn,
-                        step=ctx.step,
                     ) from None
             return f"password changed, logged in with {label}"
         raise NoWorkingCredentials(
@@ -147,37 +144,33 @@ class AlternatingUsers:
     def check_pending(self, ctx: StepContext, current: DbSecret, pending: DbSecret) -> None:
         expected = alternate_username(current.username, secret_id=ctx.secret_arn)
         if pending.username != expected:
-            raise RotationError(
-                f"{ctx.where}: AWSPENDING is for user {pending.username!r}, not {expected!r}, "
+            raise ctx.error(
+                RotationError,
+                f"AWSPENDING is for user {pending.username!r}, not {expected!r}, "
                 f"the other user of AWSCURRENT's {current.username!r}",
-                secret_id=ctx.secret_arn,
-                step=ctx.step,
             )
         if not _same_server(pending, current):
-            raise RotationError(
-                f"{ctx.where}: AWSPENDING is for server {pending.host}:{pending.port} but "
+            raise ctx.error(
+                RotationError,
+                f"AWSPENDING is for server {pending.host}:{pending.port} but "
                 f"AWSCURRENT is for {current.host}:{current.port}",
-                secret_id=ctx.secret_arn,
-                step=ctx.step,
             )
 
     def _master(self, ctx: StepContext, current: DbSecret, pending: DbSecret) -> DbSecret:
         arn = pending.extra.get("masterarn") or current.extra.get("masterarn")
         if not isinstance(arn, str) or not arn:
-            raise RotationError(
-                f"{ctx.where}: the alternating-users strategy needs a 'masterarn' key in the "
+            raise ctx.error(
+                RotationError,
+                "the alternating-users strategy needs a 'masterarn' key in the "
                 "secret naming the secret of a user that can create roles and change "
                 "passwords",
-                secret_id=ctx.secret_arn,
-                step=ctx.step,
             )
         master = ctx.store.for_secret(arn).current()
         if not _same_server(master, pending):
-            raise RotationError(
-                f"{ctx.where}: the master secret {arn!r} is for server "
+            raise ctx.error(
+                RotationError,
+                f"the master secret {arn!r} is for server "
                 f"{master.host}:{master.port}, not {pending.host}:{pending.port}",
-                secret_id=ctx.secret_arn,
-                step=ctx.step,
             )
         return master
 
@@ -200,12 +193,11 @@ class AlternatingUsers:
                         ensure_member(conn, pending.username, current.username)
                     return f"password of {pending.username!r} changed with the master secret"
                 if not pending_is_clone:
-                    raise RotationError(
-                        f"{ctx.where}: role {pending.username!r} does not exist on "
+                    raise ctx.error(
+                        RotationError,
+                        f"role {pending.username!r} does not exist on "
                         f"{_target(pending)}; the alternating-users strategy only creates "
                         "the clone",
-                        secret_id=ctx.secret_arn,
-                        step=ctx.step,
                     )
                 created = create_login_role(
                     conn, pending.username, pending.password, member_of=current.username
@@ -213,11 +205,10 @@ class AlternatingUsers:
             except RotationError:
                 raise
             except Exception as exc:
-                raise RotationError(
-                    f"{ctx.where}: changing role {pending.username!r} on {_target(pending)} "
+                raise ctx.error(
+                    RotationError,
+                    f"changing role {pending.username!r} on {_target(pending)} "
                     f"as {master.username!r} failed: {describe_failure(exc, ctx.store.seen)}",
-                    secret_id=ctx.secret_arn,
-                    step=ctx.step,
                 ) from None
         return (
             f"role {pending.username!r} created as a member of {current.username!r}"
