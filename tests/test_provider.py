@@ -110,6 +110,8 @@ VALID = {"engine": "postgres", "host": "127.0.0.1", "port": 5432, "username": "u
         (json.dumps({**VALID, "password": ["Very-Secret-Pw-123"]}), "password"),
         (b"Very-Secret-Pw-123", None),  # binary-only secret
     ],
+    ids=["not-json", "json-array", "no-username", "no-password", "no-host", "port-abc",
+         "empty-password", "non-string-password", "binary-only"],
 )
 def test_bad_secret_values_are_typed_and_never_echoed(
     aws_env: None, sm_client: Any, value: str | bytes, key: str | None
