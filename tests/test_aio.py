@@ -14,8 +14,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
@@ -25,9 +24,9 @@ from dbcreds import AuthenticationFailed, SecretProvider
 from dbcreds.aio import AsyncCredentialPool, AsyncSecretProvider, drive_async
 from dbcreds.login import LoginPolicy
 from dbcreds.rotation.local import rotate_locally
-from dbcreds.testing.workload import Mark, Request, WorkloadReport
+from dbcreds.testing.workload import AsyncWorkload, WorkloadReport
 from test_login_unit import Clock, FakeSM, Refused
-from test_zero_failures import ROUTES, direct_login_works, stage_doc
+from test_zero_failures import ROUTES, direct_login_works, load_pool_args, stage_doc
 
 T = TypeVar("T")
 
@@ -38,72 +37,8 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
 
 
 def new_pool(secret_id: str, server: Any, **kw: Any) -> AsyncCredentialPool:
-    kw.setdefault("min_size", 4)
-    kw.setdefault("max_size", 8)
-    kw.setdefault("max_lifetime", 2.0)  # recycled every 2 s: new logins all the time
-    kw.setdefault("check", AsyncCredentialPool.check_connection)
-    provider = SecretProvider(secret_id, ttl=kw.pop("ttl", 300.0))
-    return AsyncCredentialPool(provider, host=server.host, port=server.port, **kw)
-
-
-class AsyncWorkload:
-    """*tasks* asyncio tasks looping ``select 1``; every request recorded as in
-    dbcreds.testing.workload (same Request/WorkloadReport, so the same figures)."""
-
-    def __init__(
-        self, source: Callable[[], AbstractAsyncContextManager[Any]], *, tasks: int = 8
-    ) -> None:
-        self.source = source
-        self.tasks = tasks
-        self._stop = asyncio.Event()
-        self._lock = threading.Lock()  # marks come from the rotation's thread too
-        self._requests: list[Request] = []
-        self._marks: list[Mark] = []
-        self._runners: list[asyncio.Task[None]] = []
-        self._t0 = 0.0
-
-    def start(self) -> AsyncWorkload:
-        self._t0 = time.perf_counter()
-        self._runners = [asyncio.create_task(self._loop()) for _ in range(self.tasks)]
-        return self
-
-    def mark(self, label: str) -> None:
-        with self._lock:
-            self._marks.append(Mark(time.perf_counter() - self._t0, label))
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self._requests)
-
-    async def wait_for_requests(self, n: int, timeout: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.count() >= n:
-                return True
-            await asyncio.sleep(0.01)
-        return False
-
-    async def stop(self) -> WorkloadReport:
-        self._stop.set()
-        await asyncio.wait_for(asyncio.gather(*self._runners), 30)
-        with self._lock:
-            return WorkloadReport(
-                list(self._requests), list(self._marks), time.perf_counter() - self._t0
-            )
-
-    async def _loop(self) -> None:
-        while not self._stop.is_set():
-            t = time.perf_counter()
-            error: str | None = None
-            try:
-                async with self.source() as conn:
-                    await (await conn.execute("select 1")).fetchall()
-            except Exception as exc:  # every failure is a data point
-                text = str(exc).strip().splitlines()
-                error = f"{type(exc).__name__}: {text[0] if text else ''}"
-            done = time.perf_counter()
-            with self._lock:
-                self._requests.append(Request(t - self._t0, done - t, error))
+    provider, kw = load_pool_args(secret_id, server, AsyncCredentialPool, kw)
+    return AsyncCredentialPool(provider, **kw)
 
 
 def report(name: str, result: WorkloadReport, pool: AsyncCredentialPool) -> None:

@@ -38,17 +38,24 @@ def rotating_app(stack: Any, app: Any, rotation_env: None) -> Any:
     return app
 
 
+def load_pool_args(
+    secret_id: str, server: Any, pool_class: Any, kw: dict[str, Any]
+) -> tuple[SecretProvider, dict[str, Any]]:
+    """The load tests' pool (sync or asyncio): 4-8 connections recycled every 2 s (so new
+    logins happen all the time), each checked before use, through *server*."""
+    kw = {"min_size": 4, "max_size": 8, "max_lifetime": 2.0,
+          "check": pool_class.check_connection, **kw}
+    provider = SecretProvider(secret_id, ttl=kw.pop("ttl", 300.0))
+    return provider, {"host": server.host, "port": server.port, **kw}
+
+
 @pytest.fixture
 def make_pool(aws_env: dict[str, str]) -> Iterator[Any]:
     pools: list[CredentialPool] = []
 
     def make(secret_id: str, server: Any, **kw: Any) -> CredentialPool:
-        kw.setdefault("min_size", 4)
-        kw.setdefault("max_size", 8)
-        kw.setdefault("max_lifetime", 2.0)  # recycled every 2 s: new logins all the time
-        kw.setdefault("check", CredentialPool.check_connection)
-        provider = SecretProvider(secret_id, ttl=kw.pop("ttl", 300.0))
-        pool = CredentialPool(provider, host=server.host, port=server.port, **kw)
+        provider, kw = load_pool_args(secret_id, server, CredentialPool, kw)
+        pool = CredentialPool(provider, **kw)
         pool.wait(timeout=15)
         pools.append(pool)
         return pool

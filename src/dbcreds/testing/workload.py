@@ -6,15 +6,16 @@ failures and latency the same way.
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Mark", "Request", "Workload", "WorkloadReport"]
+__all__ = ["AsyncWorkload", "Mark", "Request", "Workload", "WorkloadReport"]
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,49 @@ class WorkloadReport:
 
 
 ConnectionSource = Callable[[], AbstractContextManager[Any]]
+AsyncConnectionSource = Callable[[], AbstractAsyncContextManager[Any]]
 
 
-class Workload:
+class _Recorder:
+    """The timeline shared by the thread and the asyncio workloads: requests and marks."""
+
+    def __init__(self, query: str, max_requests: int | None) -> None:
+        self.query = query
+        self.max_requests = max_requests
+        self._lock = threading.Lock()  # marks come from other threads (the rotation's)
+        self._requests: list[Request] = []
+        self._marks: list[Mark] = []
+        self._t0 = time.perf_counter()
+
+    def mark(self, label: str) -> None:
+        """Record an event (e.g. a rotation step) on the workload's timeline."""
+        with self._lock:
+            self._marks.append(Mark(time.perf_counter() - self._t0, label))
+
+    def snapshot(self) -> tuple[int, int]:
+        """(requests, failures) so far, for live progress."""
+        with self._lock:
+            return len(self._requests), sum(1 for r in self._requests if r.error)
+
+    def report(self) -> WorkloadReport:
+        with self._lock:
+            return WorkloadReport(
+                list(self._requests), list(self._marks), time.perf_counter() - self._t0
+            )
+
+    def _record(self, started: float, exc: BaseException | None) -> bool:
+        """Record one request; True when ``max_requests`` is reached."""
+        done = time.perf_counter()
+        error = None
+        if exc is not None:
+            text = str(exc).strip().splitlines()
+            error = f"{type(exc).__name__}: {text[0] if text else ''}"
+        with self._lock:
+            self._requests.append(Request(started - self._t0, done - started, error))
+            return self.max_requests is not None and len(self._requests) >= self.max_requests
+
+
+class Workload(_Recorder):
     """Threads that each loop ``with source() as conn: conn.execute(query)`` until stopped.
 
     :param source: returns a connection context manager (``pool.connection`` or
@@ -83,16 +124,11 @@ class Workload:
         query: str = "select 1",
         max_requests: int | None = None,
     ) -> None:
+        super().__init__(query, max_requests)
         self.source = source
         self.threads = threads
-        self.query = query
-        self.max_requests = max_requests
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._requests: list[Request] = []
-        self._marks: list[Mark] = []
         self._workers: list[threading.Thread] = []
-        self._t0 = 0.0
 
     def start(self) -> Workload:
         self._t0 = time.perf_counter()
@@ -104,35 +140,21 @@ class Workload:
             w.start()
         return self
 
-    def mark(self, label: str) -> None:
-        """Record an event (e.g. a rotation step) on the workload's timeline."""
-        with self._lock:
-            self._marks.append(Mark(time.perf_counter() - self._t0, label))
-
     def wait_for_requests(self, n: int, timeout: float = 30.0) -> bool:
         """Block until at least *n* requests are done (or timeout): warm-up without sleeps."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with self._lock:
-                if len(self._requests) >= n:
-                    return True
+            if self.snapshot()[0] >= n:
+                return True
             if self._stop.wait(0.01):
                 break
         return False
-
-    def snapshot(self) -> tuple[int, int]:
-        """(requests, failures) so far, for live progress."""
-        with self._lock:
-            return len(self._requests), sum(1 for r in self._requests if r.error)
 
     def stop(self) -> WorkloadReport:
         self._stop.set()
         for w in self._workers:
             w.join(timeout=60)
-        with self._lock:
-            return WorkloadReport(
-                list(self._requests), list(self._marks), time.perf_counter() - self._t0
-            )
+        return self.report()
 
     def __enter__(self) -> Workload:
         return self.start()
@@ -143,15 +165,62 @@ class Workload:
     def _loop(self) -> None:
         while not self._stop.is_set():
             t = time.perf_counter()
-            error: str | None = None
+            failure: BaseException | None = None
             try:
                 with self.source() as conn:
                     conn.execute(self.query).fetchall()
             except Exception as exc:  # every failure is a data point
-                text = str(exc).strip().splitlines()
-                error = f"{type(exc).__name__}: {text[0] if text else ''}"
-            done = time.perf_counter()
-            with self._lock:
-                self._requests.append(Request(t - self._t0, done - t, error))
-                if self.max_requests is not None and len(self._requests) >= self.max_requests:
-                    self._stop.set()
+                failure = exc
+            if self._record(t, failure):
+                self._stop.set()
+
+
+class AsyncWorkload(_Recorder):
+    """The asyncio twin of `Workload`: *tasks* tasks looping ``async with source() as conn``.
+
+    Start and stop it inside the event loop that owns the pool.
+    """
+
+    def __init__(
+        self,
+        source: AsyncConnectionSource,
+        *,
+        tasks: int = 8,
+        query: str = "select 1",
+        max_requests: int | None = None,
+    ) -> None:
+        super().__init__(query, max_requests)
+        self.source = source
+        self.tasks = tasks
+        self._stop = asyncio.Event()
+        self._runners: list[asyncio.Task[None]] = []
+
+    def start(self) -> AsyncWorkload:
+        self._t0 = time.perf_counter()
+        self._runners = [asyncio.create_task(self._loop()) for _ in range(self.tasks)]
+        return self
+
+    async def wait_for_requests(self, n: int, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.snapshot()[0] >= n:
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    async def stop(self) -> WorkloadReport:
+        self._stop.set()
+        await asyncio.wait_for(asyncio.gather(*self._runners), 30)
+        return self.report()
+
+    async def _loop(self) -> None:
+        while not self._stop.is_set():
+            t = time.perf_counter()
+            failure: BaseException | None = None
+            try:
+                async with self.source() as conn:
+                    await (await conn.execute(self.query)).fetchall()
+            except Exception as exc:  # every failure is a data point
+                failure = exc
+            if self._record(t, failure):
+                self._stop.set()
