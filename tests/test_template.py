@@ -3,12 +3,9 @@ parsed template (cfn-lint's own decoder, which understands !Ref, !Sub, !GetAtt, 
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -16,6 +13,8 @@ import pytest
 cfnlint_api = pytest.importorskip("cfnlint.api")
 from cfnlint.config import ManualArgs  # type: ignore[import-untyped,unused-ignore]  # noqa: E402
 from cfnlint.decode import decode  # type: ignore[import-untyped,unused-ignore]  # noqa: E402
+
+from test_package import bp as build_package  # noqa: E402 (rotation/build_package.py, loaded once)
 
 ROTATION = Path(__file__).resolve().parent.parent / "rotation"
 TEMPLATE = ROTATION / "template.yaml"
@@ -38,15 +37,6 @@ def template() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def resources(template: dict[str, Any]) -> dict[str, Any]:
     return dict(template["Resources"])
-
-
-def build_package() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_package", ROTATION / "build_package.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("build_package", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def branches(value: Any) -> Iterator[Any]:
@@ -134,11 +124,11 @@ def test_one_rotation_function_per_architecture_default_arm64(
         # ... from the zip `make package` builds for that machine
         assert props["CodeUri"] == f"../dist/dbcreds-rotation-{machine}.zip", name
         built[machine] = name
-    assert sorted(built) == sorted(arch["AllowedValues"]) == sorted(build_package().ARCHES)
+    assert sorted(built) == sorted(arch["AllowedValues"]) == sorted(build_package.ARCHES)
 
 
 def test_rotation_function_runtime_matches_the_package(resources: dict[str, Any]) -> None:
-    lambda_python = build_package().LAMBDA_PYTHON
+    lambda_python = build_package.LAMBDA_PYTHON
     for name, fn in rotation_functions(resources).items():
         runtime = fn["Properties"]["Runtime"]
         assert re.fullmatch(r"python3\.(\d+)", runtime), runtime
@@ -464,7 +454,7 @@ def test_example_app_reads_through_the_proxy_with_get_secret_value_only(
     module, func = props["Handler"].rsplit(".", 1)
     source = ROTATION / "example_app" / f"{module}.py"
     assert f"def {func}(" in source.read_text()
-    assert source == build_package().EXAMPLE_APP  # the build puts it in the zip
+    assert source == build_package.EXAMPLE_APP  # the build puts it in the zip
     env = props["Environment"]["Variables"]
     # Password logins read the secret; with the proxy's IAM auth, tokens for ExampleAppDbUser.
     assert env["DBCREDS_SECRET_ID"] == {
