@@ -6,7 +6,6 @@ import io
 import json
 import secrets
 import uuid
-import zipfile
 from typing import Any
 
 import psycopg
@@ -110,34 +109,8 @@ def test_rotate_local_failure_is_reported(stack: Any, app: Any, env: None) -> No
 
 # -- rotate on AWS: RotateSecret ------------------------------------------------------------------
 
-def _stub_rotation_function(stack: Any) -> str:
-    """A Lambda in moto that does nothing (moto's lambda.use_docker=false)."""
-    import urllib.request
-
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    request = urllib.request.Request(  # noqa: S310
-        f"{stack.secrets.url}/moto-api/config",
-        data=json.dumps({"lambda": {"use_docker": False}}).encode(), method="POST",
-    )  # fmt: skip
-    opener.open(request, timeout=10).close()
-    trust = {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
-        "Action": "sts:AssumeRole"}]}  # fmt: skip
-    name = f"rotation-stub-{secrets.token_hex(4)}"
-    role = stack.secrets.client("iam").create_role(
-        RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
-    code = io.BytesIO()
-    with zipfile.ZipFile(code, "w") as z:
-        z.writestr("stub.py", "def handler(event, context):\n    return None\n")
-    function = stack.secrets.client("lambda").create_function(
-        FunctionName=name, Runtime="python3.12", Role=role["Role"]["Arn"],
-        Handler="stub.handler", Code={"ZipFile": code.getvalue()},
-    )  # fmt: skip
-    return str(function["FunctionArn"])
-
-
 def test_rotate_calls_rotate_secret(stack: Any, app: Any, env: None) -> None:
-    stack.enable_rotation(app.secret_id, lambda_arn=_stub_rotation_function(stack))
+    stack.enable_rotation(app.secret_id, lambda_arn=stack.secrets.stub_rotation_function())
     before = stack.secrets.count("RotateSecret", app.secret_id)
     code, out, err = run("rotate", app.secret_id)
     assert code == 0, err

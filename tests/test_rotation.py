@@ -320,31 +320,8 @@ def test_driver_pause_callback_and_the_rotation_window(stack: Any, rot: Rotatabl
 
 def test_driver_with_rotate_secret_on_a_moto_lambda_stub(stack: Any, sm: Any) -> None:
     """On a plain moto server, RotateSecret registers the version when the Lambda is a stub."""
-    import io
-    import urllib.request
-    import zipfile
-
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    request = urllib.request.Request(  # noqa: S310
-        f"{stack.secrets.url}/moto-api/config",
-        data=json.dumps({"lambda": {"use_docker": False}}).encode(), method="POST",
-    )  # fmt: skip
-    opener.open(request, timeout=10).close()
-    iam, lam = stack.secrets.client("iam"), stack.secrets.client("lambda")
-    trust = {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
-        "Action": "sts:AssumeRole"}]}  # fmt: skip
-    name = f"rotation-stub-{secrets.token_hex(4)}"
-    role = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
-    code = io.BytesIO()
-    with zipfile.ZipFile(code, "w") as z:
-        z.writestr("stub.py", "def handler(event, context):\n    return None\n")
-    function = lam.create_function(
-        FunctionName=name, Runtime="python3.12", Role=role["Role"]["Arn"],
-        Handler="stub.handler", Code={"ZipFile": code.getvalue()},
-    )  # fmt: skip
     rot = make_rotatable(stack, sm)
-    stack.enable_rotation(rot.secret_id, lambda_arn=function["FunctionArn"])
+    stack.enable_rotation(rot.secret_id, lambda_arn=stack.secrets.stub_rotation_function())
     before = stack.secrets.count("RotateSecret", rot.secret_id)
     run = rot.rotate(register=register_with_rotate_secret(sm))
     assert run.completed

@@ -256,6 +256,36 @@ class SecretsManagerEndpoint(_proc.Service):
         """While inside, Secrets Manager answers 400 ``ThrottlingException``."""
         return self.outage("throttling", operations=operations)
 
+    def stub_rotation_function(self) -> str:
+        """Create a do-nothing Lambda in moto (``lambda.use_docker=false``); returns its ARN.
+
+        For code paths that call RotateSecret with a RotationLambdaARN on a plain moto server.
+        """
+        import io
+        import secrets
+        import zipfile
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        request = urllib.request.Request(  # noqa: S310 (our own http://127.0.0.1 endpoint)
+            f"{self.url}/moto-api/config",
+            data=json.dumps({"lambda": {"use_docker": False}}).encode(), method="POST",
+        )
+        opener.open(request, timeout=10).close()
+        trust = {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+            "Action": "sts:AssumeRole"}]}
+        name = f"rotation-stub-{secrets.token_hex(4)}"
+        role = self.client("iam", stack=True).create_role(
+            RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
+        code = io.BytesIO()
+        with zipfile.ZipFile(code, "w") as z:
+            z.writestr("stub.py", "def handler(event, context):\n    return None\n")
+        function = self.client("lambda", stack=True).create_function(
+            FunctionName=name, Runtime="python3.12", Role=role["Role"]["Arn"],
+            Handler="stub.handler", Code={"ZipFile": code.getvalue()},
+        )
+        return str(function["FunctionArn"])
+
     # -- rotation metadata (no Lambda is ever invoked) ----------------------------------------
     def enable_rotation(
         self, secret_id: str, *, lambda_arn: str = DEFAULT_ROTATION_LAMBDA_ARN, days: int = 90
