@@ -1,10 +1,12 @@
 """Shared fixtures: one real local stack per test session (see dbcreds.testing).
 
-- ``stack``: the session's LocalStack (PostgreSQL 15 with scram-sha-256 and log_statement=all,
+- ``stack``: the session's LocalStack (PostgreSQL 15, TLS only, scram-sha-256, log_statement=all,
   PgBouncer auth_query as ``stack.pgbouncer``, the RDS Proxy stand-in as ``stack.rds_proxy``,
   moto Secrets Manager/SNS as ``stack.secrets``). Torn down at the end of the session, which
   checks that none of its processes is left.
-- ``aws_env``: the process environment points botocore at the stack (no profile, no config).
+- ``aws_env``: the process environment points botocore at the stack (no profile, no config),
+  and names the stack's CA as the CA bundle (``DBCREDS_SSLROOTCERT``,
+  ``DBCREDS_ROTATION_SSLROOTCERT``, ``PGSSLROOTCERT``): every login verifies the servers.
 - ``sm_client``: a boto3 Secrets Manager client for the stack's endpoint.
 - ``app``: a fresh role + secret (watched by the RDS Proxy stand-in) for one test.
 """
@@ -45,6 +47,11 @@ def aws_env(stack: LocalStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
         if name.startswith("AWS_") or name in ("BOTO_CONFIG",):
             monkeypatch.delenv(name)
     env = stack.env()
+    # TLS as an operator configures it: the stack's CA is the CA bundle of the database and of
+    # the proxies (verify-full, dbcreds' default), for the SDK, the rotation and libpq itself.
+    env.update(stack.tls_env(), PGSSLROOTCERT=stack.ca_file)
+    for name in ("DBCREDS_SSLMODE", "DBCREDS_ROTATION_SSLMODE", "PGSSLMODE"):
+        monkeypatch.delenv(name, raising=False)
     env["AWS_CONFIG_FILE"] = str(tmp_path / "no-aws-config")
     env["AWS_SHARED_CREDENTIALS_FILE"] = str(tmp_path / "no-aws-credentials")
     for name, value in env.items():

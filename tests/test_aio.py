@@ -48,10 +48,7 @@ def report(name: str, result: WorkloadReport, pool: AsyncCredentialPool) -> None
 
 
 @pytest.fixture
-def rotating_app(stack: Any, app: Any, aws_env: dict[str, str],
-                 monkeypatch: pytest.MonkeyPatch) -> Any:
-    # The local database has no TLS: the rotation Lambda must be told so.
-    monkeypatch.setenv("DBCREDS_ROTATION_SSLMODE", "disable")
+def rotating_app(stack: Any, app: Any, aws_env: dict[str, str]) -> Any:
     stack.enable_rotation(app.secret_id)
     return app
 

@@ -22,7 +22,6 @@ def run(*argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def env(aws_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DBCREDS_ROTATION_SSLMODE", "disable")  # the test DB has no TLS
     for name in ("ROTATION_STRATEGY", "ROTATION_FAILURE_TOPIC_ARN", "DBCREDS_SSLMODE"):
         monkeypatch.delenv(name, raising=False)
 

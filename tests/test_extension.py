@@ -391,6 +391,7 @@ def test_boto3_is_never_imported_when_the_extension_works(
         "DBCREDS_SECRET_ID": app.secret_id,
         "DBCREDS_HOST": stack.pgbouncer.host,
         "DBCREDS_PORT": str(stack.pgbouncer.port),
+        **stack.tls_env(),
     })
     done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
                           text=True, timeout=60)

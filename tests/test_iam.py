@@ -6,10 +6,12 @@ IAM tokens locally (RDS does it with its ``rds_iam`` role and AWS), so the plumb
 the role's server-side password to the token itself: that proves the pool logs in with exactly
 the token the source generated, renewed when the source renews it, not that AWS accepts it.
 
-TLS: the source forces ``sslmode=require`` (and refuses disable/allow/prefer); the tests
-check that on the parameters the pool passes to libpq, and that libpq then refuses the local
-server that has no TLS before any password is sent. The plumbing tests, which must reach that
-server, opt out only through the parameter named ``insecure_sslmode_for_local_testing``.
+TLS: a token goes only to a verified server: ``verify-full`` (against the system trust store
+by default, or the given CA bundle); ``require``, ``disable``, ``allow`` and ``prefer`` are
+refused. The tests check that on the parameters the pool passes to libpq, and that libpq then
+refuses the local server (whose certificate the system store does not trust) before any token
+is sent. The plumbing tests reach that server with the stack's CA, verify-full, like any
+client of the stack.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dbcreds.aio import AsyncCredentialPool
 from dbcreds.config import Settings
 from dbcreds.iam import TOKEN_LIFETIME, IamAuthSource
 from dbcreds.login import CredentialSource
+from dbcreds.tls import system_trust_file
 
 HOST = "orders.proxy-abc123.eu-west-1.rds.amazonaws.com"
 
@@ -189,21 +192,28 @@ def test_iam_source_is_a_credential_source(fake_aws: None) -> None:
 # -- TLS is forced ----------------------------------------------------------------------------
 
 
-def test_pool_connects_with_sslmode_require_by_default(fake_aws: None) -> None:
+def test_pool_verifies_the_server_by_default(
+    fake_aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PGSSLROOTCERT", raising=False)
     source = IamAuthSource(HOST, 5432, "app_user")
     pool = CredentialPool(source, open=False)
     _, params = pool.credentials.params("", dict(pool.kwargs or {}), source.get())
-    assert params["sslmode"] == "require"
-    assert (params["host"], params["port"], params["user"]) == (HOST, 5432, "app_user")
-    # A stronger mode is kept.
-    strict = CredentialPool(source, sslmode="verify-full", open=False)
-    _, params = strict.credentials.params("", dict(strict.kwargs or {}), source.get())
     assert params["sslmode"] == "verify-full"
+    assert params["sslrootcert"] == system_trust_file()  # RDS Proxy: a public CA
+    assert "require_auth" not in params  # the token is a cleartext password, to a verified peer
+    assert (params["host"], params["port"], params["user"]) == (HOST, 5432, "app_user")
+    # A CA bundle of the operator's (a database endpoint: the RDS CA bundle) is used.
+    strict = CredentialPool(source, sslrootcert="/opt/rds-global-bundle.pem", open=False)
+    _, params = strict.credentials.params("", dict(strict.kwargs or {}), source.get())
+    assert (params["sslmode"], params["sslrootcert"]) == (
+        "verify-full", "/opt/rds-global-bundle.pem"
+    )
 
 
 @pytest.mark.parametrize("how", ["sslmode", "kwargs", "conninfo"])
-@pytest.mark.parametrize("mode", ["disable", "allow", "prefer"])
-def test_pool_refuses_a_mode_that_may_send_the_token_in_clear(
+@pytest.mark.parametrize("mode", ["disable", "require", "allow", "prefer"])
+def test_pool_refuses_a_mode_that_may_send_the_token_to_an_unverified_server(
     fake_aws: None, mode: str, how: str
 ) -> None:
     source = IamAuthSource(HOST, 5432, "app_user")
@@ -212,9 +222,10 @@ def test_pool_refuses_a_mode_that_may_send_the_token_in_clear(
         "kwargs": {"kwargs": {"sslmode": mode}},
         "conninfo": {"conninfo": f"sslmode={mode}"},
     }[how]
-    with pytest.raises(ConfigurationError, match="needs TLS"):
+    refused = "verified server|allow and prefer"
+    with pytest.raises(ConfigurationError, match=refused):
         CredentialPool(source, open=False, **options)
-    with pytest.raises(ConfigurationError, match="needs TLS"):
+    with pytest.raises(ConfigurationError, match=refused):
         AsyncCredentialPool(source, **options)
 
 
@@ -224,14 +235,17 @@ def test_pool_refuses_an_endpoint_the_token_is_not_signed_for(fake_aws: None) ->
         CredentialPool(source, host="db.internal.example", open=False)
 
 
-def test_forced_tls_reaches_libpq(stack: Any, app: Any, fake_aws: None) -> None:
-    """Against the local server (no TLS) the forced sslmode=require makes libpq give up
-    before it sends any password: a token never travels in clear."""
+def test_verification_reaches_libpq(
+    stack: Any, app: Any, fake_aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The local server's certificate is signed by the stack's CA, which the system trust
+    store does not hold: libpq gives up before it sends any token."""
+    monkeypatch.delenv("PGSSLROOTCERT", raising=False)
     source = IamAuthSource(stack.postgres.host, stack.postgres.port, app.username,
                            dbname=stack.dbname)
     pool = CredentialPool(source, open=False)
     info, params = pool.credentials.params("", dict(pool.kwargs or {}), source.get())
-    with pytest.raises(psycopg.OperationalError, match="SSL"):
+    with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
         psycopg.connect(info, connect_timeout=5, **params).close()
 
 
@@ -253,13 +267,13 @@ def _new_second_token(source: IamAuthSource, old: str) -> str:
 def test_pool_logs_in_with_the_token_and_renews_it(
     stack: Any, app: Any, aws_env: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Plumbing only: the role's password is set to the token (see the module docstring), and
-    the TLS requirement is lifted through ``insecure_sslmode_for_local_testing``."""
+    """Plumbing only: the role's password is set to the token (see the module docstring); the
+    server is verified with the stack's CA (``aws_env``), verify-full."""
     caplog.set_level(logging.DEBUG)
     clock = Clock()
     source = IamAuthSource(
         stack.postgres.host, stack.postgres.port, app.username, dbname=stack.dbname,
-        renew_after=600, clock=clock, insecure_sslmode_for_local_testing="disable",
+        renew_after=600, clock=clock,
     )
     token = source.get().password
     stack.set_password(app.username, token)
@@ -304,7 +318,6 @@ def test_async_pool_logs_in_with_the_token(
     """Plumbing only, as above, through AsyncCredentialPool."""
     source = IamAuthSource(
         stack.postgres.host, stack.postgres.port, app.username, dbname=stack.dbname,
-        insecure_sslmode_for_local_testing="disable",
     )
     stack.set_password(app.username, source.get().password)
 
@@ -336,5 +349,7 @@ def test_settings_build_an_iam_pool_from_the_environment(fake_aws: None) -> None
         Settings.from_env({"DBCREDS_IAM_USER": "app_user"})
     with pytest.raises(ConfigurationError, match="both set"):
         Settings.from_env({**env, "DBCREDS_SECRET_ID": "prod/app"})
-    with pytest.raises(ConfigurationError, match="needs TLS"):
+    with pytest.raises(ConfigurationError, match="allow and prefer"):
         Settings.from_env({**env, "DBCREDS_SSLMODE": "prefer"}).build_pool()
+    with pytest.raises(ConfigurationError, match="verified server"):
+        Settings.from_env({**env, "DBCREDS_SSLMODE": "require"}).build_pool()

@@ -385,8 +385,7 @@ def test_unpacked_zip_rotates_against_the_local_stack(
     stack.enable_rotation(app.secret_id)
     token = str(uuid.uuid4())
     register_with_test_stack(stack.secrets.url)(app.secret_id, token)
-    # the local database has no TLS: configure the downgrade, as the rotation demands
-    env = {**aws_env, "DBCREDS_ROTATION_SSLMODE": "disable"}
+    env = dict(aws_env)  # the stack's CA as the function's CA bundle: verify-full
     for step in ("createSecret", "setSecret", "testSecret", "finishSecret"):
         event = {"SecretId": app.arn, "ClientRequestToken": token, "Step": step}
         doc = run_unpacked(unpacked, tmp_path / f"{step}.json", event, env)

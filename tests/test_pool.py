@@ -141,7 +141,7 @@ def test_get_connection_in_a_fresh_process_configured_by_environment(
     stack: Any, app: Any
 ) -> None:
     env = {
-        **os.environ, **stack.secrets.env(),
+        **os.environ, **stack.secrets.env(), **stack.tls_env(),
         "DBCREDS_SECRET_ID": app.secret_id,
         "DBCREDS_HOST": stack.pgbouncer.host,
         "DBCREDS_PORT": str(stack.pgbouncer.port),

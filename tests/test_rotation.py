@@ -1,8 +1,10 @@
 """End-to-end rotation tests: real PostgreSQL and PgBouncer, the moto Secrets Manager endpoint.
 
-The local database has no TLS, so these tests configure ``DBCREDS_ROTATION_SSLMODE=disable``
-explicitly (the rotation logs that downgrade); the tests at the end show what happens without
-that configuration (``require``: a clear failure, the database unchanged).
+The local database serves TLS only, with a certificate of the stack's own CA, which these tests
+give the rotation as an operator gives it the RDS CA bundle (``DBCREDS_ROTATION_SSLROOTCERT``):
+every login is ``verify-full``. The tests at the end show the other TLS cases: no CA (SCRAM
+with channel binding), a CA that does not sign the server's certificate (a clear failure, the
+database unchanged), and a secret whose ``ssl`` key asks for no TLS (ignored).
 """
 
 from __future__ import annotations
@@ -31,8 +33,7 @@ from dbcreds.rotation.settings import DEFAULT_EXCLUDE_CHARACTERS
 _ROTATION_ENV = (
     "ROTATION_STRATEGY", "PASSWORD_LENGTH", "EXCLUDE_CHARACTERS", "EXCLUDE_NUMBERS",
     "EXCLUDE_PUNCTUATION", "EXCLUDE_UPPERCASE", "EXCLUDE_LOWERCASE", "INCLUDE_SPACE",
-    "REQUIRE_EACH_INCLUDED_TYPE", "DBCREDS_ROTATION_SSLMODE", "DBCREDS_ROTATION_SSLROOTCERT",
-    "ROTATION_FAILURE_TOPIC_ARN",
+    "REQUIRE_EACH_INCLUDED_TYPE", "DBCREDS_ROTATION_SSLMODE", "ROTATION_FAILURE_TOPIC_ARN",
 )  # fmt: skip
 
 
@@ -40,10 +41,9 @@ _ROTATION_ENV = (
 
 @pytest.fixture
 def rotation_env(aws_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The stack's endpoint, default rotation settings, and TLS off (the test DB has none)."""
+    """The stack's endpoint, default rotation settings, the stack's CA as the CA bundle."""
     for name in _ROTATION_ENV:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DBCREDS_ROTATION_SSLMODE", "disable")
 
 
 @pytest.fixture
@@ -351,27 +351,44 @@ def test_lambda_handler_runs_the_steps_and_logs_one_json_line_each(
 
 # -- TLS -----------------------------------------------------------------------------------------
 
-def test_without_tls_configuration_rotation_requires_tls_and_fails_clearly(
+def test_without_a_ca_rotation_uses_scram_channel_binding(
     stack: Any, rot: Rotatable, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("DBCREDS_ROTATION_SSLMODE")
+    """No DBCREDS_ROTATION_SSLROOTCERT: the database cannot be verified by a CA, so every
+    login demands SCRAM with channel binding over TLS; PostgreSQL does it, the rotation works."""
+    monkeypatch.delenv("DBCREDS_ROTATION_SSLROOTCERT")
+    assert rot.rotate().completed
+    assert logs_in(stack, rot.doc())
+
+
+def test_an_untrusted_certificate_stops_the_rotation_clearly(
+    stack: Any, rot: Rotatable, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """A CA bundle that does not sign the database's certificate: nothing is sent, the error
+    says what to configure, the database is unchanged."""
+    import trustme
+
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    monkeypatch.setenv("DBCREDS_ROTATION_SSLROOTCERT", str(other))
     verifier = role_verifier(stack, rot.username)
     with pytest.raises(NoWorkingCredentials) as info:
         rot.rotate()
     text = str(info.value)
-    assert "AWSCURRENT" in text and "SSL" in text  # "server does not support SSL ..."
+    assert "AWSCURRENT" in text and "certificate verify failed" in text
+    assert "DBCREDS_SSLROOTCERT" in text or "CA bundle" in text
     assert role_verifier(stack, rot.username) == verifier  # database unchanged
     assert logs_in(stack, rot.doc())
 
 
-def test_ssl_false_in_the_secret_is_a_logged_downgrade(
+def test_ssl_false_in_the_secret_cannot_turn_tls_off(
     stack: Any, sm: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.delenv("DBCREDS_ROTATION_SSLMODE")
+    """Whoever writes the secret must not lower the TLS of the passwords the rotation sends."""
     rot = make_rotatable(stack, sm, ssl=False)
     caplog.set_level(logging.WARNING, logger="dbcreds.rotation")
     assert rot.rotate().completed
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings and all("the secret's 'ssl' key" in w for w in warnings)
-    assert "TLS is disabled" in warnings[0]
+    assert warnings and all("ignored" in w and "'ssl' key" in w for w in warnings)
+    assert not any("TLS is disabled" in w for w in warnings)
     assert logs_in(stack, rot.doc())

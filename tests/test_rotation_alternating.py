@@ -22,7 +22,7 @@ from dbcreds.rotation.local import LocalRotation, rotate_locally
 _ROTATION_ENV = (
     "PASSWORD_LENGTH", "EXCLUDE_CHARACTERS", "EXCLUDE_NUMBERS", "EXCLUDE_PUNCTUATION",
     "EXCLUDE_UPPERCASE", "EXCLUDE_LOWERCASE", "INCLUDE_SPACE", "REQUIRE_EACH_INCLUDED_TYPE",
-    "DBCREDS_ROTATION_SSLROOTCERT", "ROTATION_FAILURE_TOPIC_ARN",
+    "ROTATION_FAILURE_TOPIC_ARN",
 )  # fmt: skip
 
 
@@ -31,7 +31,6 @@ def sm(stack: Any, aws_env: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     for name in _ROTATION_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ROTATION_STRATEGY", "alternating-users")
-    monkeypatch.setenv("DBCREDS_ROTATION_SSLMODE", "disable")  # the test DB has no TLS
     return stack.secrets.client()
 
 

@@ -133,24 +133,33 @@ def _secret(**extra: Any) -> DbSecret:
     return DbSecret(username="u", password="pw-SECRET", host="db", secret_id="s", extra=extra)
 
 
-def test_tls_default_is_require_never_plaintext() -> None:
+def test_tls_default_is_channel_binding_without_a_ca_and_verify_full_with_one() -> None:
     policy = tls_policy(_secret(), RotationSettings())
-    assert (policy.sslmode, policy.source) == ("require", "default")
+    assert (policy.sslmode, policy.source) == ("require", "default without a CA")
+    assert policy.params == {
+        "sslmode": "require", "channel_binding": "require", "require_auth": "scram-sha-256",
+    }  # fmt: skip
     with_ca = tls_policy(_secret(), RotationSettings(sslrootcert="/ca.pem"))
-    assert with_ca.kwargs() == {"sslmode": "verify-full", "sslrootcert": "/ca.pem"}
+    assert with_ca.params == {
+        "sslmode": "verify-full", "sslrootcert": "/ca.pem", "require_auth": "scram-sha-256,md5",
+    }  # fmt: skip
+    assert with_ca.verified and with_ca.downgrade is None
 
 
-def test_tls_from_secret_and_env() -> None:
-    assert tls_policy(_secret(ssl=False), RotationSettings()).sslmode == "disable"
-    assert tls_policy(_secret(ssl="false"), RotationSettings()).sslmode == "disable"
-    assert tls_policy(_secret(ssl=True), RotationSettings()).sslmode == "require"
+def test_the_secret_may_strengthen_tls_never_weaken_it() -> None:
+    for weaker in (False, "false", "disable"):
+        assert tls_policy(_secret(ssl=weaker), RotationSettings()).sslmode == "require"
+        ca = RotationSettings(sslrootcert="c")
+        assert tls_policy(_secret(ssl=weaker), ca).sslmode == "verify-full"
     assert tls_policy(_secret(ssl=True), RotationSettings(sslrootcert="c")).sslmode == "verify-full"
     assert tls_policy(_secret(ssl="require"), RotationSettings()).sslmode == "require"
+    with pytest.raises(ConfigurationError, match="DBCREDS_ROTATION_SSLROOTCERT"):
+        tls_policy(_secret(ssl="verify-full"), RotationSettings())  # stronger, but no CA
     env = tls_policy(_secret(ssl=False), RotationSettings(sslmode="require"))
     assert (env.sslmode, env.source) == ("require", "DBCREDS_ROTATION_SSLMODE")
-    assert tls_policy(_secret(), RotationSettings(sslmode="disable")).kwargs() == {
-        "sslmode": "disable"
-    }
+    off = tls_policy(_secret(), RotationSettings(sslmode="disable"))
+    assert off.params == {"sslmode": "disable", "require_auth": "scram-sha-256"}
+    assert off.downgrade is not None and "DBCREDS_ROTATION_SSLMODE" in off.downgrade
 
 
 def test_tls_bad_configuration() -> None:

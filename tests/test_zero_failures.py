@@ -26,10 +26,8 @@ ROUTES = {"direct": "postgres", "pgbouncer-auth_query": "pgbouncer", "rds-proxy-
 
 
 @pytest.fixture
-def rotation_env(aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    # The local database has no TLS: the rotation Lambda must be told so (it never
-    # downgrades silently).
-    monkeypatch.setenv("DBCREDS_ROTATION_SSLMODE", "disable")
+def rotation_env(aws_env: dict[str, str]) -> None:
+    """The rotation verifies the database with the stack's CA (``aws_env``), as the SDK does."""
 
 
 @pytest.fixture

@@ -37,9 +37,9 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from .config import Settings
-from .errors import AuthenticationFailed
+from .errors import DbcredsError
 from .login import CredentialSource, Done, Plan, Wait, advance
-from .pool import PoolLogin
+from .pool import LOGIN_FAILURES, PoolLogin, _again
 from .provider import SecretProvider
 from .secret import DbSecret
 
@@ -167,6 +167,7 @@ class AsyncCredentialPool(AsyncConnectionPool[AsyncConnection[Any]]):
         port: int | None = None,
         dbname: str | None = None,
         sslmode: str | None = None,
+        sslrootcert: str | None = None,
         auth_retry_budget: float = 5.0,
         conninfo: str = "",
         kwargs: dict[str, Any] | None = None,
@@ -178,7 +179,7 @@ class AsyncCredentialPool(AsyncConnectionPool[AsyncConnection[Any]]):
         self.provider = source
         self.credentials = PoolLogin(
             source, host=host, port=port, dbname=dbname, sslmode=sslmode, kwargs=kwargs,
-            auth_retry_budget=auth_retry_budget, conninfo=conninfo,
+            auth_retry_budget=auth_retry_budget, conninfo=conninfo, sslrootcert=sslrootcert,
         )
         self.login = self.credentials.policy
         pool_kwargs.setdefault("name", f"dbcreds:{source.secret_id}")
@@ -227,20 +228,20 @@ class AsyncCredentialPool(AsyncConnectionPool[AsyncConnection[Any]]):
 
         try:
             conn = await drive_async(self.login.plan(), attempt)
-        except AuthenticationFailed as exc:
+        except LOGIN_FAILURES as exc:
             await self._set_failure(exc)
             raise
         self.credentials.set_failure(None)
         return conn
 
-    async def _set_failure(self, failure: AuthenticationFailed) -> None:
+    async def _set_failure(self, failure: DbcredsError) -> None:
         self.credentials.set_failure(failure)
         # Fail the callers already waiting, as close() does with PoolClosed (see pool.py).
         async with self._lock:
             waiting = list(self._waiting)
             self._waiting.clear()
         for client in waiting:
-            await client.fail(AuthenticationFailed(failure.secret_id, failure.detail))
+            await client.fail(_again(failure))
 
 
 def _async_connection_class(

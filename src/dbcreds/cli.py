@@ -44,7 +44,12 @@ def _parser() -> argparse.ArgumentParser:
                        "(e.g. the RDS Proxy endpoint)")
     check.add_argument("--port", type=int, help="... and this port")
     check.add_argument("--dbname", help="... and this database")
-    check.add_argument("--sslmode", help="libpq sslmode (default: DBCREDS_SSLMODE, else libpq's)")
+    check.add_argument("--sslmode", choices=("verify-full", "verify-ca", "require", "disable"),
+                       help="TLS: default DBCREDS_SSLMODE, else verify-full (see dbcreds.tls)")
+    check.add_argument("--sslrootcert", metavar="PEM",
+                       help="CA bundle of the server (default DBCREDS_SSLROOTCERT, else the "
+                       "system trust store: right for RDS Proxy; a database endpoint needs the "
+                       "RDS CA bundle)")
     check.add_argument("--timeout", type=float, default=5.0, help="connect timeout in seconds")
 
     rotate = sub.add_parser("rotate", help="rotate a secret (on AWS, or --local)")
@@ -89,8 +94,9 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import os
 
     from ._aws import client_error_code, new_client, secret_call
-    from .errors import DbcredsError
+    from .errors import DbcredsError, classify_tls_failure
     from .secret import DbSecret
+    from .tls import login_tls
 
     try:
         client = new_client("secretsmanager")
@@ -115,11 +121,22 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     for key in ("host", "port", "dbname"):
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)
-    sslmode = args.sslmode or os.environ.get("DBCREDS_SSLMODE")
-    if sslmode:
-        kwargs["sslmode"] = sslmode
     where = f"{kwargs['host']}:{kwargs['port']}/{kwargs['dbname']} as {secret.username!r}"
     label = f"{args.stage} of {args.secret!r} (version {secret.version_id})"
+    try:
+        tls = login_tls(
+            sslmode=args.sslmode or os.environ.get("DBCREDS_SSLMODE") or None,
+            sslrootcert=args.sslrootcert or os.environ.get("DBCREDS_SSLROOTCERT")
+            or os.environ.get("PGSSLROOTCERT") or None,
+            source="--sslmode / DBCREDS_SSLMODE",
+            ca_setting="--sslrootcert (or DBCREDS_SSLROOTCERT)",
+        )
+    except DbcredsError as exc:
+        print(f"FAILED: {exc}", file=err)
+        return 1
+    if tls.downgrade is not None:
+        print(f"WARNING: {tls.downgrade}", file=err)
+    kwargs.update(tls.params)
     try:
         import psycopg
 
@@ -131,6 +148,11 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         from .rotation.exceptions import scrub
 
         reason = scrub(" ".join(str(exc).split()), [secret.password])
+        hint = classify_tls_failure(exc)
+        if hint is not None:  # libpq stopped before the password left
+            print(f"FAILED: {label} was not sent to {where} (TLS {tls.describe()}): {reason}. "
+                  f"{hint}", file=err)
+            return 1
         print(f"FAILED: {label} does not log in to {where}: {reason}", file=err)
         return 1
     print(f"OK: {label} logs in to {where} (current_user {user}, PostgreSQL {version})",

@@ -5,7 +5,10 @@
 ``DBCREDS_HOST``         host to connect to instead of the secret's (the RDS Proxy endpoint)
 ``DBCREDS_PORT``         port instead of the secret's
 ``DBCREDS_DBNAME``       database instead of the secret's
-``DBCREDS_SSLMODE``      libpq sslmode (``require`` / ``verify-full`` for RDS Proxy)
+``DBCREDS_SSLMODE``      ``verify-full`` (default), ``verify-ca``, ``require`` (no CA: SCRAM
+                         channel binding required) or ``disable`` (local development only)
+``DBCREDS_SSLROOTCERT``  CA bundle of the server (the RDS CA bundle for a database endpoint)
+                         or ``system`` (default: the system trust store, for RDS Proxy)
 ``DBCREDS_SECRET_TTL``   seconds the secret is cached (default 300)
 ``DBCREDS_POOL_MIN_SIZE`` connections kept open (default 1)
 ``DBCREDS_POOL_MAX_SIZE`` connections at most (default 1: Lambda runs one event at a time)
@@ -44,6 +47,7 @@ class Settings:
     port: int | None = None
     dbname: str | None = None
     sslmode: str | None = None
+    sslrootcert: str | None = None
     secret_ttl: float = 300.0
     pool_min_size: int = 1
     pool_max_size: int = 1
@@ -101,6 +105,7 @@ class Settings:
             port=number("DBCREDS_PORT", int, None),
             dbname=text("DBCREDS_DBNAME"),
             sslmode=text("DBCREDS_SSLMODE"),
+            sslrootcert=text("DBCREDS_SSLROOTCERT"),
             secret_ttl=number("DBCREDS_SECRET_TTL", float, 300.0),
             pool_min_size=min_size,
             pool_max_size=max_size,
@@ -131,6 +136,7 @@ class Settings:
             "port": self.port,
             "dbname": self.dbname,
             "sslmode": self.sslmode,
+            "sslrootcert": self.sslrootcert,
             "auth_retry_budget": self.auth_retry_budget,
             "min_size": self.pool_min_size,
             "max_size": self.pool_max_size,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import threading
@@ -128,32 +127,17 @@ def _run_on(stack: Any, args: argparse.Namespace, console: Any) -> int:
         "DBCREDS_POOL_MIN_SIZE": str(args.threads),
         "DBCREDS_POOL_MAX_SIZE": str(args.threads),
         "DBCREDS_POOL_MAX_LIFETIME": "2",
-        # The rotation function: the local database has no TLS (it never downgrades by itself).
-        "DBCREDS_ROTATION_SSLMODE": "disable",
+        # TLS, verified (verify-full, the default) with the stack's own CA: the application
+        # and the rotation function are given it as they would be given the RDS CA bundle.
+        **stack.tls_env(),
     })
-    for name in ("DBCREDS_SECRETS_TRANSPORT", "PARAMETERS_SECRETS_EXTENSION_HTTP_PORT"):
-        os.environ.pop(name, None)  # boto3 against the local endpoint, whatever the shell says
+    for name in ("DBCREDS_SECRETS_TRANSPORT", "PARAMETERS_SECRETS_EXTENSION_HTTP_PORT",
+                 "DBCREDS_SSLMODE", "DBCREDS_ROTATION_SSLMODE"):
+        os.environ.pop(name, None)  # the stack and the secure default, whatever the shell says
     console.print(f"secret [cyan]{app.secret_id}[/] (role {app.username}), rotation enabled; "
                   f"application -> {host}:{port}")
-    console.print("[dim](the rotation reaches the local database without TLS: "
-                  "DBCREDS_ROTATION_SSLMODE=disable; RDS needs TLS)[/]")
-    quiet = _DropRecords("TLS is disabled")
-    logging.getLogger("dbcreds.rotation").addFilter(quiet)
-    try:
-        return _run_workload(stack, app, args, console)
-    finally:
-        logging.getLogger("dbcreds.rotation").removeFilter(quiet)
-
-
-class _DropRecords(logging.Filter):
-    """Drops the records whose message starts with a prefix (said once by the demo)."""
-
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefix)
+    console.print("[dim](every login is TLS verify-full against the local stack's CA)[/]")
+    return _run_workload(stack, app, args, console)
 
 
 def _run_workload(stack: Any, app: Any, args: argparse.Namespace, console: Any) -> int:

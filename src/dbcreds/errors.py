@@ -19,7 +19,9 @@ __all__ = [
     "SecretAccessDenied",
     "SecretNotFound",
     "SecretsManagerUnavailable",
+    "UntrustedServer",
     "classify_auth_failure",
+    "classify_tls_failure",
     "is_auth_failure",
 ]
 
@@ -95,6 +97,32 @@ class AuthenticationFailed(DbcredsError):
             "failed half-way: see the rotation Lambda's log)"
         )
 
+    def again(self) -> AuthenticationFailed:
+        """A fresh copy (raised anew to each caller, with its own traceback)."""
+        return AuthenticationFailed(self.secret_id, self.detail)
+
+
+class UntrustedServer(ConfigurationError):
+    """A login was stopped before any credential left: the server's identity could not be
+    verified, or it asked for a weaker exchange than dbcreds allows (see ``dbcreds.tls``).
+
+    Not a rotation and not a network fault: it does not heal by itself, so pools fail their
+    callers at once with it. The message says what to configure; ``detail`` is libpq's reason.
+    """
+
+    def __init__(self, secret_id: str, where: str, detail: str, hint: str) -> None:
+        self.secret_id = secret_id
+        self.where = where
+        self.detail = detail
+        self.hint = hint
+        super().__init__(
+            f"the credentials of {secret_id!r} were not sent to {where}: {detail}. {hint}"
+        )
+
+    def again(self) -> UntrustedServer:
+        """A fresh copy (raised anew to each caller, with its own traceback)."""
+        return UntrustedServer(self.secret_id, self.where, self.detail, self.hint)
+
 
 class AuthFailure(enum.Enum):
     """Where a login was refused."""
@@ -144,3 +172,37 @@ def classify_auth_failure(exc: BaseException) -> AuthFailure | None:
 def is_auth_failure(exc: BaseException) -> bool:
     """True when *exc* says a login was refused (by the database or by a proxy)."""
     return classify_auth_failure(exc) is not None
+
+
+_TRUST_HINT = (
+    "Give the CA bundle that signs the server's certificate (DBCREDS_SSLROOTCERT, or "
+    "sslrootcert=): the RDS CA bundle for a database endpoint; 'system' (the default) serves "
+    "RDS Proxy. Check that the host name is the one in the certificate"
+)
+# libpq's texts (lower-cased substrings) for a login it stopped to protect the credentials,
+# each with what to configure.
+_TLS_REFUSALS = (
+    ("certificate verify failed", _TRUST_HINT),
+    ("does not match host name", _TRUST_HINT),
+    ("could not get server's host name from server certificate", _TRUST_HINT),
+    ("root certificate file", "The CA bundle (sslrootcert / DBCREDS_SSLROOTCERT) cannot be read: "
+     "check its path and that the function ships it"),
+    ("server does not support ssl", "The server does not offer TLS: dbcreds never sends "
+     "credentials without it (sslmode=disable is for local development only)"),
+    ("channel binding", "Without a CA (sslmode=require) dbcreds demands SCRAM with channel "
+     "binding, which this server (or proxy) does not offer: configure the CA bundle that signs "
+     "its certificate instead (DBCREDS_SSLROOTCERT) and use verify-full"),
+    ("authentication method requirement", "The server asked for a password exchange that "
+     "dbcreds refuses (a cleartext password, or no SCRAM where channel binding is required): "
+     "make the server use SCRAM (password_encryption=scram-sha-256, then reset the password)"),
+)
+
+
+def classify_tls_failure(exc: BaseException) -> str | None:
+    """What to configure, when *exc* is libpq stopping a login to protect its credentials
+    (untrusted certificate, no TLS, a cleartext-password request, no channel binding)."""
+    text = str(exc).lower()
+    for marker, hint in _TLS_REFUSALS:
+        if marker in text:
+            return hint
+    return None

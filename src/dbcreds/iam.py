@@ -14,12 +14,14 @@ endpoint. It plugs into `CredentialPool` / ``AsyncCredentialPool`` like a `Secre
   the pool ask for a new one (``refresh``), once for all connections refused together.
 * **Single flight.** Generation happens under a lock: concurrent callers that find the token
   old wait for the one generation and share its result.
-* **TLS.** AWS requires TLS for IAM authentication and a token must never travel in clear:
-  the source has the last word on each login's parameters (``login.ConnectParamsPolicy``). It
-  sets ``sslmode=require`` when none is given and refuses ``disable``, ``allow`` and ``prefer``
-  (a `ConfigurationError`, when the pool is built). ``verify-full`` with the RDS CA bundle
-  (``sslrootcert``) is better still. It also refuses a host/port other than the one the token
-  is signed for.
+* **TLS.** A token is sent as a cleartext password and is replayable for 15 minutes, so it
+  goes only to a server whose certificate is verified (``credential_kind = "token"`` tells the
+  pools' TLS policy, ``dbcreds.tls``): ``verify-full`` against the system trust store by
+  default (RDS Proxy's certificates chain to public Amazon roots), or against the CA bundle
+  given as ``sslrootcert`` (the RDS CA bundle for a database endpoint). ``require`` and
+  ``disable`` are refused with a `ConfigurationError` when the pool is built. The source also
+  has the last word on each login's endpoint (``login.ConnectParamsPolicy``): it refuses a
+  host/port other than the one the token is signed for.
 * **No token in logs.** botocore logs the SigV4 signature at DEBUG; generation runs inside
   ``_aws.secret_call()``, which withholds those records. `DbSecret` never shows its password.
 
@@ -42,14 +44,12 @@ from ._aws import new_client, secret_call
 from .errors import ConfigurationError
 from .secret import DbSecret
 
-__all__ = ["SAFE_SSLMODES", "TOKEN_LIFETIME", "IamAuthSource"]
+__all__ = ["TOKEN_LIFETIME", "IamAuthSource"]
 
 logger = logging.getLogger("dbcreds.iam")
 
 #: Seconds an RDS IAM auth token is valid for (X-Amz-Expires=900).
 TOKEN_LIFETIME = 900.0
-#: libpq sslmodes that always encrypt: the ones an IAM token may travel over.
-SAFE_SSLMODES = frozenset({"require", "verify-ca", "verify-full"})
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,10 @@ class IamAuthSource:
     :param renew_after: seconds a token is reused before a new one is generated (must be
         shorter than its 15-minute life; default 600).
     :param clock: monotonic clock (tests inject one).
-    :param insecure_sslmode_for_local_testing: **testing only.** Lets the pool connect with
-        this sslmode (e.g. ``"disable"`` against a local PostgreSQL without TLS), bypassing
-        the TLS requirement. Never set it against AWS: the token would travel in clear.
     """
+
+    #: The credential is a token sent as a cleartext password: only to verified servers.
+    credential_kind = "token"
 
     def __init__(
         self,
@@ -87,7 +87,6 @@ class IamAuthSource:
         client: Any = None,
         renew_after: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
-        insecure_sslmode_for_local_testing: str | None = None,
     ) -> None:
         if not host or not username:
             raise ValueError("host and username are required")
@@ -102,15 +101,9 @@ class IamAuthSource:
         self.secret_id = f"iam:{username}@{host}:{self.port}"
         self._client = client
         self._clock = clock
-        self._testing_sslmode = insecure_sslmode_for_local_testing
         self._lock = threading.Lock()
         self._token: _Token | None = None
         self._stats = {"tokens": 0, "cache_hits": 0, "renewals": 0, "refreshes": 0}
-        if insecure_sslmode_for_local_testing is not None:
-            logger.warning(
-                "IAM source %s: TLS requirement bypassed (sslmode=%r) for local testing; never "
-                "use this against AWS", self.secret_id, insecure_sslmode_for_local_testing,
-            )
 
     def __repr__(self) -> str:
         return (
@@ -166,19 +159,7 @@ class IamAuthSource:
     # -- ConnectParamsPolicy --------------------------------------------------------------
 
     def connect_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Force TLS and the token's endpoint on a login's parameters."""
-        params = dict(params)
-        if self._testing_sslmode is not None:
-            params["sslmode"] = self._testing_sslmode
-        else:
-            mode = str(params.get("sslmode") or "require")
-            if mode not in SAFE_SSLMODES:
-                raise ConfigurationError(
-                    f"IAM authentication as {self.username!r} at {self.host}:{self.port} needs "
-                    f"TLS, but sslmode is {mode!r}: use require, verify-ca or verify-full (an "
-                    "auth token must never travel in clear)"
-                )
-            params["sslmode"] = mode
+        """Keep each login on the endpoint the token is signed for (TLS: ``dbcreds.tls``)."""
         host = params.get("host")
         port = params.get("port")
         if (host is not None and str(host) != self.host) or (

@@ -19,6 +19,10 @@ On a refusal (see ``errors.classify_auth_failure``):
 4. otherwise give up at once with `AuthenticationFailed` (a wrong secret is not a rotation:
    callers learn it in milliseconds, not after a 30 s PoolTimeout).
 
+A login that libpq stopped to protect the credentials (the server's certificate is not
+trusted, it offers no TLS, it asks for a cleartext password: see ``dbcreds.tls``) ends the
+plan at once with `UntrustedServer`: configuration, which no retry heals.
+
 Where credentials come from is a `CredentialSource`: `SecretProvider` (Secrets Manager) and
 ``iam.IamAuthSource`` (RDS IAM auth tokens) both are one, and both plug into the same pools.
 """
@@ -32,7 +36,14 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from .errors import AuthenticationFailed, AuthFailure, DbcredsError, classify_auth_failure
+from .errors import (
+    AuthenticationFailed,
+    AuthFailure,
+    DbcredsError,
+    UntrustedServer,
+    classify_auth_failure,
+    classify_tls_failure,
+)
 from .secret import DbSecret
 
 __all__ = [
@@ -159,6 +170,11 @@ class LoginPolicy:
                     return step.secret
                 kind = classify_auth_failure(error)
                 if kind is None:
+                    hint = classify_tls_failure(error)
+                    if hint is not None:  # libpq kept the credentials: configuration, not luck
+                        raise UntrustedServer(
+                            self.provider.secret_id, "the server", _first_line(error), hint
+                        ) from error
                     raise error  # not a refusal: the pool's own reconnect policy applies
                 tried.append(
                     f"{step.stage} (version {step.secret.version_id}): {_first_line(error)}"

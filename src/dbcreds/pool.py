@@ -20,6 +20,7 @@ not refusals (database down, network) keep psycopg_pool's behaviour.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -29,11 +30,15 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from .config import Settings
-from .errors import AuthenticationFailed
+from .errors import AuthenticationFailed, ConfigurationError, DbcredsError, UntrustedServer
 from .login import ConnectParamsPolicy, CredentialSource, LoginPolicy, drive
 from .secret import DbSecret
+from .tls import TlsPolicy, libpq_supports_policy, login_tls, tls_params_of
 
-__all__ = ["CredentialPool", "PoolLogin", "close_default_pool", "default_pool", "get_connection"]
+__all__ = [
+    "LOGIN_FAILURES", "CredentialPool", "PoolLogin", "close_default_pool", "default_pool",
+    "get_connection",
+]
 
 logger = logging.getLogger("dbcreds.pool")
 
@@ -44,10 +49,11 @@ _LIFETIME_GRACE = 1.0
 class PoolLogin:
     """The login side of a credential pool, shared by the sync and the asyncio pools.
 
-    Holds the `LoginPolicy`, builds the psycopg parameters of each attempt (pool kwargs, then
-    the credentials, then the host/port/dbname overrides, then the source's own word: see
-    `ConnectParamsPolicy`), and remembers the `AuthenticationFailed` that callers are told at
-    once until a login works again.
+    Holds the `LoginPolicy` and the TLS policy (``dbcreds.tls``), builds the psycopg
+    parameters of each attempt (pool kwargs, then the credentials, then the host/port/dbname
+    overrides, then the TLS policy, then the source's own word: see `ConnectParamsPolicy`),
+    and remembers the failure (`AuthenticationFailed`, `UntrustedServer`) that callers are
+    told at once until a login works again.
     """
 
     def __init__(
@@ -61,6 +67,7 @@ class PoolLogin:
         kwargs: dict[str, Any] | None,
         auth_retry_budget: float,
         conninfo: str = "",
+        sslrootcert: str | None = None,
     ) -> None:
         self.source = source
         self.policy = LoginPolicy(source, budget=auth_retry_budget)
@@ -68,37 +75,79 @@ class PoolLogin:
             k: v for k, v in (("host", host), ("port", port), ("dbname", dbname)) if v is not None
         }
         connect_kwargs: dict[str, Any] = {"prepare_threshold": None}
-        if sslmode:
-            connect_kwargs["sslmode"] = sslmode
         connect_kwargs.update(kwargs or {})
+        self.tls = self._tls_policy(conninfo, connect_kwargs, sslmode, sslrootcert)
         self.connect_kwargs = connect_kwargs
         self._policy = source if isinstance(source, ConnectParamsPolicy) else None
         if self._policy is not None:  # refuse a configuration the source refuses, now
             self._policy.connect_params(
                 {**conninfo_to_dict(conninfo), **connect_kwargs, **self.overrides}
             )
-        self._failure: AuthenticationFailed | None = None
+        self._failure: DbcredsError | None = None
         self._lock = threading.Lock()
+        self.announce()
+
+    def _tls_policy(
+        self,
+        conninfo: str,
+        kwargs: dict[str, Any],
+        sslmode: str | None,
+        sslrootcert: str | None,
+    ) -> TlsPolicy:
+        """The one TLS policy of this pool's logins (``dbcreds.tls``).
+
+        ``sslmode``/``sslrootcert`` may come from the parameters, the ``kwargs`` or the
+        conninfo (in that order of precedence); libpq's ``PGSSLROOTCERT`` names a CA too.
+        ``PGSSLMODE`` is never read: the policy always sets sslmode itself, so no environment
+        variable of libpq's can turn TLS off behind the operator's back.
+        """
+        if not libpq_supports_policy():
+            import psycopg
+
+            raise ConfigurationError(
+                f"dbcreds needs libpq 16 or later (require_auth, sslrootcert=system), but "
+                f"psycopg uses libpq {psycopg.pq.version()}: install psycopg[binary] (it "
+                "bundles a recent libpq) or a newer libpq"
+            )
+        named = {**conninfo_to_dict(conninfo), **kwargs}
+        mode, root = tls_params_of(named)
+        mode = sslmode or mode
+        root = sslrootcert or root or os.environ.get("PGSSLROOTCERT") or None
+        return login_tls(
+            sslmode=mode,
+            sslrootcert=root,
+            token=getattr(self.source, "credential_kind", "password") == "token",
+            source="the pool's sslmode",
+            what=f"the pool of {self.source.secret_id!r}",
+        )
+
+    def announce(self) -> None:
+        """Log how this pool logs in; a downgrade of TLS as a warning (at every pool start)."""
+        if self.tls.downgrade is not None:
+            logger.warning("pool of %r: %s", self.source.secret_id, self.tls.downgrade)
+        else:
+            logger.debug("pool of %r logs in with TLS %s", self.source.secret_id,
+                         self.tls.describe())
 
     def params(
         self, conninfo: str, kwargs: dict[str, Any], secret: DbSecret
     ) -> tuple[str, dict[str, Any]]:
         """(conninfo, kwargs) for ``connect`` logging in with *secret*."""
-        params = {**kwargs, **secret.connect_kwargs(), **self.overrides}
+        params = {**kwargs, **secret.connect_kwargs(), **self.overrides, **self.tls.params}
         if self._policy is None:
             return conninfo, params
         # The source sees everything, conninfo included (psycopg lets kwargs win over it).
         return "", self._policy.connect_params({**conninfo_to_dict(conninfo), **params})
 
     @property
-    def failure(self) -> AuthenticationFailed | None:
+    def failure(self) -> DbcredsError | None:
         return self._failure
 
     def raise_if_failed(self) -> None:
         """Raise (a fresh copy of) the failure of the last login, if it failed."""
         failure = self._failure
         if failure is not None:
-            raise AuthenticationFailed(failure.secret_id, failure.detail)
+            raise _again(failure)
 
     def keep_through_window(self, conn: Any) -> None:
         """Called as a connection comes back to its pool.
@@ -114,11 +163,20 @@ class PoolLogin:
             if getattr(conn, "_expire_at", now + 1) <= now:
                 conn._expire_at = now + _LIFETIME_GRACE
 
-    def set_failure(self, failure: AuthenticationFailed | None) -> None:
+    def set_failure(self, failure: DbcredsError | None) -> None:
         if failure is not None:
             logger.error("%s", failure)
         with self._lock:
             self._failure = failure
+
+
+#: What ends a login plan for every caller at once (configuration, not bad luck).
+LOGIN_FAILURES = (AuthenticationFailed, UntrustedServer)
+
+
+def _again(failure: DbcredsError) -> DbcredsError:
+    again = getattr(failure, "again", None)
+    return again() if again is not None else failure
 
 
 class CredentialPool(ConnectionPool[Connection[Any]]):
@@ -127,8 +185,12 @@ class CredentialPool(ConnectionPool[Connection[Any]]):
     :param provider: where the credentials come from: a `SecretProvider`, an
         ``iam.IamAuthSource`` (RDS IAM auth tokens), or any ``login.CredentialSource``.
     :param host, port, dbname: override the secret's (e.g. the RDS Proxy endpoint).
-    :param sslmode: libpq ``sslmode`` (RDS Proxy requires TLS: use ``require`` or
-        ``verify-full``).
+    :param sslmode: ``verify-full`` (the default), ``verify-ca``, ``require`` (TLS without a
+        CA: SCRAM with channel binding is then required) or ``disable`` (local development
+        only; logged as a warning). See ``dbcreds.tls``.
+    :param sslrootcert: the CA bundle that signs the server's certificate (the RDS CA bundle
+        for a database endpoint), or ``system`` (the default: the system trust store, which
+        serves RDS Proxy).
     :param auth_retry_budget: seconds a new connection may spend retrying a refusal that a
         rotation or a proxy heals by itself (see ``login.py``).
     :param pool_kwargs: passed to `psycopg_pool.ConnectionPool` (``min_size``, ``max_size``,
@@ -145,6 +207,7 @@ class CredentialPool(ConnectionPool[Connection[Any]]):
         port: int | None = None,
         dbname: str | None = None,
         sslmode: str | None = None,
+        sslrootcert: str | None = None,
         auth_retry_budget: float = 5.0,
         conninfo: str = "",
         kwargs: dict[str, Any] | None = None,
@@ -155,7 +218,7 @@ class CredentialPool(ConnectionPool[Connection[Any]]):
         self.provider = provider
         self.credentials = PoolLogin(
             provider, host=host, port=port, dbname=dbname, sslmode=sslmode, kwargs=kwargs,
-            auth_retry_budget=auth_retry_budget, conninfo=conninfo,
+            auth_retry_budget=auth_retry_budget, conninfo=conninfo, sslrootcert=sslrootcert,
         )
         self.login = self.credentials.policy
         pool_kwargs.setdefault("name", f"dbcreds:{provider.secret_id}")
@@ -207,13 +270,13 @@ class CredentialPool(ConnectionPool[Connection[Any]]):
 
         try:
             conn = drive(self.login.plan(), attempt, time.sleep)
-        except AuthenticationFailed as exc:
+        except LOGIN_FAILURES as exc:
             self._set_failure(exc)
             raise
         self.credentials.set_failure(None)
         return conn
 
-    def _set_failure(self, failure: AuthenticationFailed) -> None:
+    def _set_failure(self, failure: DbcredsError) -> None:
         self.credentials.set_failure(failure)
         # Fail the callers already waiting for a connection, as close() does with PoolClosed
         # (psycopg_pool's WaitingClient.fail); otherwise they wait for `timeout`.
@@ -221,7 +284,7 @@ class CredentialPool(ConnectionPool[Connection[Any]]):
             waiting = list(self._waiting)
             self._waiting.clear()
         for client in waiting:
-            client.fail(AuthenticationFailed(failure.secret_id, failure.detail))
+            client.fail(_again(failure))
 
 
 def _credential_connection_class(

@@ -1,26 +1,37 @@
 """Database connections of the rotation: TLS settings and login attempts.
 
 Rotation always connects to the database host named in the secret, never to a proxy: a proxy
-cannot check a password it does not hold yet (DESIGN.md).
+cannot check a password it does not hold yet.
 
-TLS (``sslmode``) comes from, in order: ``DBCREDS_ROTATION_SSLMODE``; the secret's ``ssl`` key
-(``true``, ``false`` or an sslmode); else ``verify-full`` when a CA bundle is configured
-(``DBCREDS_ROTATION_SSLROOTCERT``), else ``require``. ``prefer``/``allow`` are refused: they fall
-back to plaintext without saying so. ``disable`` happens only when configured, and every
-connection made that way logs a warning that says who configured it.
+TLS follows the policy of every dbcreds login (``dbcreds.tls``), with no default trust: the
+database endpoint's certificate chains to the RDS CA, which no system trust store holds. So:
+
+* ``DBCREDS_ROTATION_SSLROOTCERT`` set (the RDS CA bundle packaged with the function, or
+  ``system``): ``verify-full`` against it;
+* not set: TLS with SCRAM channel binding (``sslmode=require channel_binding=require``): the
+  database must prove, over this TLS session, that it holds the password's SCRAM verifier, so
+  no man in the middle learns a password; a server that does not do SCRAM gets nothing;
+* ``DBCREDS_ROTATION_SSLMODE`` (``verify-full``, ``verify-ca``, ``require``, ``disable``)
+  overrides that; ``disable`` is for local development only and logs a warning at every
+  connection.
+
+The secret's own ``ssl`` key (``true``, ``false`` or an sslmode, as some RDS secrets carry)
+may only ask for *stronger* TLS than the function's policy: whoever can write the secret must
+not be able to turn TLS off for the passwords this function sends. A weaker value is ignored
+with a warning; only the operator (the function's environment) can lower TLS.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError, InvalidSecret
+from ..errors import InvalidSecret, classify_tls_failure
 from ..secret import DbSecret
+from ..tls import SSLMODES, TlsPolicy, login_tls
 from .exceptions import scrub
-from .settings import SSLMODES, RotationSettings
+from .settings import RotationSettings
 
 if TYPE_CHECKING:
     import psycopg
@@ -30,46 +41,46 @@ __all__ = ["TlsPolicy", "connect", "describe_failure", "tls_policy", "try_login"
 logger = logging.getLogger("dbcreds.rotation")
 
 APPLICATION_NAME = "dbcreds-rotation"
-
-
-@dataclass(frozen=True)
-class TlsPolicy:
-    sslmode: str
-    sslrootcert: str | None
-    source: str  # who chose the sslmode (an env var, the secret's key, or the default)
-
-    def kwargs(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"sslmode": self.sslmode}
-        if self.sslrootcert and self.sslmode.startswith("verify"):
-            out["sslrootcert"] = self.sslrootcert
-        return out
+#: sslmodes from weakest to strongest
+_CA_SETTING = "DBCREDS_ROTATION_SSLROOTCERT"
+_STRENGTH = {"disable": 0, "require": 1, "verify-ca": 2, "verify-full": 3}
 
 
 def tls_policy(secret: DbSecret, settings: RotationSettings) -> TlsPolicy:
     """The TLS settings for connecting with *secret* (see the module docstring)."""
     if settings.sslmode:
-        sslmode, source = settings.sslmode, "DBCREDS_ROTATION_SSLMODE"
-    elif "ssl" in secret.extra:
-        sslmode, source = _from_secret(secret, settings), "the secret's 'ssl' key"
-    elif settings.sslrootcert:
-        sslmode, source = "verify-full", "default with DBCREDS_ROTATION_SSLROOTCERT"
-    else:
-        sslmode, source = "require", "default"
-    if sslmode.startswith("verify") and not settings.sslrootcert:
-        raise ConfigurationError(
-            f"sslmode {sslmode} (from {source}) needs a CA bundle: set "
-            "DBCREDS_ROTATION_SSLROOTCERT to the path of the RDS CA bundle shipped with the "
-            "function (or to 'system')"
+        return login_tls(
+            sslmode=settings.sslmode, sslrootcert=settings.sslrootcert, default_trust=None,
+            source="DBCREDS_ROTATION_SSLMODE", ca_setting=_CA_SETTING,
         )
-    return TlsPolicy(sslmode, settings.sslrootcert, source)
+    policy = login_tls(
+        sslmode=None, sslrootcert=settings.sslrootcert, default_trust=None,
+        source="DBCREDS_ROTATION_SSLROOTCERT" if settings.sslrootcert else "default",
+        ca_setting=_CA_SETTING,
+    )
+    if "ssl" not in secret.extra:
+        return policy
+    asked = _from_secret(secret)
+    if _STRENGTH[asked] > _STRENGTH[policy.sslmode]:
+        return login_tls(
+            sslmode=asked, sslrootcert=settings.sslrootcert, default_trust=None,
+            source="the secret's 'ssl' key", ca_setting=_CA_SETTING,
+        )
+    if _STRENGTH[asked] < _STRENGTH[policy.sslmode]:
+        logger.warning(
+            "secret %r asks for weaker TLS (its 'ssl' key) than the rotation function's policy "
+            "(%s): ignored. Only the function's DBCREDS_ROTATION_SSLMODE can lower TLS",
+            secret.secret_id, policy.describe(),
+        )
+    return policy
 
 
-def _from_secret(secret: DbSecret, settings: RotationSettings) -> str:
+def _from_secret(secret: DbSecret) -> str:
     value = secret.extra["ssl"]
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         value = value.strip().lower() == "true"
     if value is True:
-        return "verify-full" if settings.sslrootcert else "require"
+        return "require"
     if value is False:
         return "disable"
     if isinstance(value, str) and value.strip().lower() in SSLMODES:
@@ -84,14 +95,13 @@ def connect(secret: DbSecret, settings: RotationSettings) -> psycopg.Connection[
     import psycopg  # deferred: only the steps that touch the database need it
 
     tls = tls_policy(secret, settings)
-    if tls.sslmode == "disable":
+    if tls.downgrade is not None:
         logger.warning(
-            "TLS is disabled for the rotation's connection to %s:%s (configured by %s)",
-            secret.host, secret.port, tls.source,
+            "the rotation's connection to %s:%s: %s", secret.host, secret.port, tls.downgrade
         )
     return psycopg.connect(
         **secret.connect_kwargs(),
-        **tls.kwargs(),
+        **tls.params,
         connect_timeout=settings.connect_timeout,
         application_name=APPLICATION_NAME,
         autocommit=True,
@@ -115,4 +125,6 @@ def try_login(
     try:
         return connect(secret, settings), ""
     except (psycopg.Error, OSError) as exc:
-        return None, describe_failure(exc, [secret.password])
+        reason = describe_failure(exc, [secret.password])
+        hint = classify_tls_failure(exc)  # libpq kept the password: say what to configure
+        return None, f"{reason}. {hint}" if hint else reason

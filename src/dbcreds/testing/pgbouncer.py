@@ -233,7 +233,9 @@ class PgBouncer(_proc.Service):
         from psycopg.conninfo import make_conninfo
 
         params: dict[str, Any] = {"host": self.host, "port": self.port, "user": user}
-        params.update(dbname=dbname, password=password, connect_timeout=5, **extra)
+        params.update(dbname=dbname, password=password, connect_timeout=5)
+        params.update(self.postgres.client_tls)  # the same certificate as the database's
+        params.update(extra)
         return make_conninfo("", **{k: v for k, v in params.items() if v is not None})
 
     def admin(self) -> psycopg.Connection[Any]:
@@ -303,6 +305,15 @@ class PgBouncer(_proc.Service):
             lines += [
                 f"auth_user = {AUTH_USER}",
                 "auth_query = SELECT usename, passwd FROM pgbouncer.get_auth($1)",
+            ]
+        tls = self.postgres.tls
+        if tls is not None:  # clients must use TLS; the server connections verify PostgreSQL
+            lines += [
+                "client_tls_sslmode = require",
+                f"client_tls_cert_file = {tls.cert_file}",
+                f"client_tls_key_file = {tls.key_file}",
+                "server_tls_sslmode = verify-full",
+                f"server_tls_ca_file = {tls.ca_file}",
             ]
         lines += [f"{key} = {value}" for key, value in self.settings.items()]
         _proc.write_private_file(self.config_path, "\n".join(lines) + "\n")

@@ -9,6 +9,11 @@
 3. Otherwise (the development and CI machines): the machine's binaries (``initdb``,
    ``postgres``), a throw-away cluster in a temp dir on a free 127.0.0.1 port, run as the
    ``postgres`` account when we are root (PostgreSQL refuses to run as root).
+
+TLS: given a `LocalCA`, the server we start serves its certificate and accepts TLS connections
+only (``hostssl`` lines in pg_hba.conf), and every client connection made through `dsn()`
+verifies it (``sslmode=verify-full``). An external server (``DBCREDS_TEST_DSN``) must serve TLS
+too: ``DBCREDS_TEST_SSLROOTCERT`` names the CA bundle that signs its certificate.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from . import _proc
 
 if TYPE_CHECKING:
     import psycopg
+
+    from .tls import LocalCA
 
 __all__ = [
     "DockerPostgres",
@@ -75,22 +82,32 @@ class PostgresServer(_proc.Service):
     #: False for a server we did not start (``DBCREDS_TEST_DSN``): tests that restart skip.
     supports_restart = True
 
-    def __init__(self) -> None:
+    def __init__(self, tls: LocalCA | None = None) -> None:
         self.host = "127.0.0.1"
         self.port = 0
         self.admin_user = "postgres"
         self._admin_password = _proc.random_password()
         self._log_path: Path | None = None
+        self.tls = tls
+        #: libpq parameters with which clients verify this server (empty: no TLS)
+        self.client_tls: dict[str, str] = tls.client_params() if tls is not None else {}
 
     @staticmethod
-    def select(settings: Mapping[str, str] | None = None) -> PostgresServer:
+    def select(
+        settings: Mapping[str, str] | None = None, *, tls: LocalCA | None = None
+    ) -> PostgresServer:
         """The server the environment asks for (see the module docstring); not started yet."""
         dsn = os.environ.get("DBCREDS_TEST_DSN")
         if dsn:
             return ExternalPostgres(dsn)
         if docker_available():
-            return DockerPostgres(settings)
-        return LocalPostgres(settings)
+            return DockerPostgres(settings, tls=tls)
+        return LocalPostgres(settings, tls=tls)
+
+    @property
+    def ca_file(self) -> str | None:
+        """The CA bundle that signs this server's certificate (None: the server has no TLS)."""
+        return self.client_tls.get("sslrootcert")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.host}:{self.port}>"
@@ -108,7 +125,8 @@ class PostgresServer(_proc.Service):
         from psycopg.conninfo import make_conninfo
 
         params: dict[str, Any] = {"host": self.host, "port": self.port, "user": user}
-        params.update(dbname=dbname, password=password, connect_timeout=5, **extra)
+        params.update(dbname=dbname, password=password, connect_timeout=5, **self.client_tls)
+        params.update(extra)
         return make_conninfo("", **{k: v for k, v in params.items() if v is not None})
 
     def connect_admin(self, dbname: str | None = None) -> psycopg.Connection[Any]:
@@ -168,10 +186,21 @@ class LocalPostgres(PostgresServer):
     kind = "local"
 
     def __init__(
-        self, settings: Mapping[str, str] | None = None, *, workdir: Path | None = None
+        self,
+        settings: Mapping[str, str] | None = None,
+        *,
+        workdir: Path | None = None,
+        tls: LocalCA | None = None,
     ) -> None:
-        super().__init__()
-        self.settings = {**BASE_SETTINGS, **(settings or {})}
+        super().__init__(tls)
+        tls_settings = {}
+        if tls is not None:
+            tls_settings = {
+                "ssl": "on",
+                "ssl_cert_file": str(tls.cert_file),
+                "ssl_key_file": str(tls.key_file),
+            }
+        self.settings = {**BASE_SETTINGS, **tls_settings, **(settings or {})}
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="dbcreds-pg-"))
         _proc.make_private_dir(self.workdir)
@@ -207,6 +236,12 @@ class LocalPostgres(PostgresServer):
         if done.returncode != 0:
             raise RuntimeError(
                 f"initdb failed ({done.returncode}):\n{_proc.tail(self.workdir / 'initdb.log')}"
+            )
+        if self.tls is not None:  # TLS connections only, SCRAM only
+            _proc.write_private_file(
+                self.datadir / "pg_hba.conf",
+                "hostssl all all 127.0.0.1/32 scram-sha-256\n"
+                "hostssl all all ::1/128 scram-sha-256\n",
             )
 
     def _died(self) -> str | None:
@@ -268,9 +303,15 @@ class DockerPostgres(PostgresServer):
 
     kind = "docker"
 
-    def __init__(self, settings: Mapping[str, str] | None = None) -> None:
-        super().__init__()
+    def __init__(
+        self, settings: Mapping[str, str] | None = None, *, tls: LocalCA | None = None
+    ) -> None:
+        super().__init__(tls)
         self.settings = {"password_encryption": "scram-sha-256", **(settings or {})}
+        if tls is not None:  # the CA's directory is mounted at /tls (not run here: no Docker)
+            self.settings.update(
+                ssl="on", ssl_cert_file="/tls/server.crt", ssl_key_file="/tls/server.key"
+            )
         self._container: Any = None
         self._log_file = Path(tempfile.mkdtemp(prefix="dbcreds-pg-")) / "postgresql.log"
 
@@ -300,6 +341,8 @@ class DockerPostgres(PostgresServer):
             )
             container.with_env("POSTGRES_HOST_AUTH_METHOD", "scram-sha-256")
             container.with_env("POSTGRES_INITDB_ARGS", "--auth=scram-sha-256")
+            if self.tls is not None:
+                container.with_volume_mapping(str(self.tls.workdir), "/tls", "ro")
             args = " ".join(f"-c {k}={v}" for k, v in self.settings.items())
             container.with_command(f"postgres {args}")
             container.start()
@@ -338,6 +381,9 @@ class ExternalPostgres(PostgresServer):
 
         super().__init__()
         params = conninfo_to_dict(dsn)
+        root = os.environ.get("DBCREDS_TEST_SSLROOTCERT", "").strip()
+        if root:
+            self.client_tls = {"sslmode": "verify-full", "sslrootcert": root}
         self._dsn = dsn
         self.host = str(params.get("host") or "127.0.0.1")
         self.port = int(params.get("port") or 5432)
@@ -346,7 +392,9 @@ class ExternalPostgres(PostgresServer):
 
     @property
     def admin_dsn(self) -> str:
-        return self._dsn
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(self._dsn, **self.client_tls)
 
     def start(self) -> None:
         self.wait_ready(timeout=10)

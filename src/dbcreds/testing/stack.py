@@ -26,6 +26,7 @@ from . import _proc, roles
 from .endpoint import SecretsManagerEndpoint
 from .pgbouncer import PgBouncer
 from .postgres import PostgresServer
+from .tls import LocalCA
 
 if TYPE_CHECKING:
     import psycopg
@@ -61,7 +62,8 @@ class LocalStack:
         self.dbname = dbname
         self.workdir = Path(tempfile.mkdtemp(prefix="dbcreds-stack-"))
         _proc.give_to_service_user(self.workdir)  # the bouncers' dirs live inside
-        self.postgres = PostgresServer.select(pg_settings)
+        self.ca = LocalCA(self.workdir / "tls")
+        self.postgres = PostgresServer.select(pg_settings, tls=self.ca)
         self.secrets = SecretsManagerEndpoint(workdir=self.workdir / "moto")
         self.pgbouncer = PgBouncer(
             self.postgres,
@@ -147,6 +149,19 @@ class LocalStack:
     def env(self) -> dict[str, str]:
         """What a process needs to use the stack's Secrets Manager (see SecretsManagerEndpoint)."""
         return self.secrets.env()
+
+    @property
+    def ca_file(self) -> str:
+        """The CA bundle that signs every server of the stack (PostgreSQL and both bouncers)."""
+        ca = self.postgres.ca_file
+        if ca is None:
+            raise RuntimeError("the stack's PostgreSQL serves no TLS (DBCREDS_TEST_SSLROOTCERT?)")
+        return ca
+
+    def tls_env(self) -> dict[str, str]:
+        """What the SDK and the rotation function need to verify the stack's servers: the CA
+        bundle, as an operator gives the RDS CA bundle (verify-full, the default)."""
+        return {"DBCREDS_SSLROOTCERT": self.ca_file, "DBCREDS_ROTATION_SSLROOTCERT": self.ca_file}
 
     def endpoints(self) -> dict[str, dict[str, Any]]:
         """host/port of each server (no passwords), e.g. for the demo's banner."""
