@@ -16,6 +16,7 @@ from .errors import (
     SecretAccessDenied,
     SecretNotFound,
     SecretsManagerUnavailable,
+    UntrustedServer,
     is_auth_failure,
 )
 from .secret import DbSecret
@@ -44,6 +45,7 @@ __all__ = [
     "SecretNotFound",
     "SecretProvider",
     "SecretsManagerUnavailable",
+    "UntrustedServer",
     "close_default_async_pool",
     "close_default_pool",
     "get_async_connection",

@@ -148,7 +148,7 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         from .rotation.exceptions import scrub
 
         reason = scrub(" ".join(str(exc).split()), [secret.password])
-        hint = classify_tls_failure(exc)
+        hint = classify_tls_failure(exc, "--sslrootcert, or DBCREDS_SSLROOTCERT")
         if hint is not None:  # libpq stopped before the password left
             print(f"FAILED: {label} was not sent to {where} (TLS {tls.describe()}): {reason}. "
                   f"{hint}", file=err)

@@ -175,9 +175,9 @@ def is_auth_failure(exc: BaseException) -> bool:
 
 
 _TRUST_HINT = (
-    "Give the CA bundle that signs the server's certificate (DBCREDS_SSLROOTCERT, or "
-    "sslrootcert=): the RDS CA bundle for a database endpoint; 'system' (the default) serves "
-    "RDS Proxy. Check that the host name is the one in the certificate"
+    "Give the CA bundle that signs the server's certificate ({ca}): the RDS CA bundle for a "
+    "database endpoint; 'system' (the SDK's default) serves RDS Proxy. Check that the host "
+    "name is the one in the certificate"
 )
 # libpq's texts (lower-cased substrings) for a login it stopped to protect the credentials,
 # each with what to configure.
@@ -185,24 +185,31 @@ _TLS_REFUSALS = (
     ("certificate verify failed", _TRUST_HINT),
     ("does not match host name", _TRUST_HINT),
     ("could not get server's host name from server certificate", _TRUST_HINT),
-    ("root certificate file", "The CA bundle (sslrootcert / DBCREDS_SSLROOTCERT) cannot be read: "
-     "check its path and that the function ships it"),
+    ("root certificate file", "The CA bundle ({ca}) cannot be read: check its path and that "
+     "the function ships it"),
     ("server does not support ssl", "The server does not offer TLS: dbcreds never sends "
      "credentials without it (sslmode=disable is for local development only)"),
     ("channel binding", "Without a CA (sslmode=require) dbcreds demands SCRAM with channel "
      "binding, which this server (or proxy) does not offer: configure the CA bundle that signs "
-     "its certificate instead (DBCREDS_SSLROOTCERT) and use verify-full"),
+     "its certificate instead ({ca}) and use verify-full"),
     ("authentication method requirement", "The server asked for a password exchange that "
-     "dbcreds refuses (a cleartext password, or no SCRAM where channel binding is required): "
-     "make the server use SCRAM (password_encryption=scram-sha-256, then reset the password)"),
+     "dbcreds refuses (a cleartext password, or no SCRAM channel binding where no CA verifies "
+     "the server): it may be an impostor. A real server must use SCRAM "
+     "(password_encryption=scram-sha-256, then reset the password), or be verified with the "
+     "CA bundle that signs its certificate ({ca}, verify-full)"),
 )
 
 
-def classify_tls_failure(exc: BaseException) -> str | None:
+def classify_tls_failure(
+    exc: BaseException, ca_setting: str = "DBCREDS_SSLROOTCERT, or sslrootcert="
+) -> str | None:
     """What to configure, when *exc* is libpq stopping a login to protect its credentials
-    (untrusted certificate, no TLS, a cleartext-password request, no channel binding)."""
+    (untrusted certificate, no TLS, a cleartext-password request, no channel binding).
+
+    *ca_setting* names where this program's operator gives a CA bundle.
+    """
     text = str(exc).lower()
     for marker, hint in _TLS_REFUSALS:
         if marker in text:
-            return hint
+            return hint.format(ca=ca_setting)
     return None

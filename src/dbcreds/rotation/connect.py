@@ -126,5 +126,5 @@ def try_login(
         return connect(secret, settings), ""
     except (psycopg.Error, OSError) as exc:
         reason = describe_failure(exc, [secret.password])
-        hint = classify_tls_failure(exc)  # libpq kept the password: say what to configure
+        hint = classify_tls_failure(exc, _CA_SETTING)  # libpq kept the password: say so
         return None, f"{reason}. {hint}" if hint else reason
