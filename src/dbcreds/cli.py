@@ -88,10 +88,16 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
 def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import os
 
+    from . import _env
     from ._aws import client_error_code, new_client, secret_call
     from .errors import DbcredsError
     from .secret import DbSecret
 
+    try:
+        sslmode = args.sslmode or _env.sslmode(os.environ, "DBCREDS_SSLMODE")
+    except DbcredsError as exc:  # a ConfigurationError naming the variable, not the value
+        print(f"FAILED: {exc}", file=err)
+        return 1
     try:
         client = new_client("secretsmanager")
         with secret_call():
@@ -115,7 +121,6 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     for key in ("host", "port", "dbname"):
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)
-    sslmode = args.sslmode or os.environ.get("DBCREDS_SSLMODE")
     if sslmode:
         kwargs["sslmode"] = sslmode
     where = f"{kwargs['host']}:{kwargs['port']}/{kwargs['dbname']} as {secret.username!r}"
