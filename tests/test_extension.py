@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from dbcreds import (
+    ConfigurationError,
     CredentialPool,
     SecretAccessDenied,
     SecretNotFound,
@@ -164,7 +165,8 @@ def test_selection_rule(no_layer: Path, tmp_path: Path) -> None:
     assert not extension_configured(port)  # no token: the extension would refuse us
     assert not extension_configured({**token, **port, "DBCREDS_SECRETS_TRANSPORT": "sdk"})
     assert extension_configured({**token, "DBCREDS_SECRETS_TRANSPORT": "extension"})
-    assert extension_configured({**token, **port, "DBCREDS_SECRETS_TRANSPORT": "bogus"})
+    with pytest.raises(ConfigurationError, match="DBCREDS_SECRETS_TRANSPORT"):
+        extension_configured({**token, **port, "DBCREDS_SECRETS_TRANSPORT": "bogus"})
     # The layer's executable in /opt/extensions is enough (the port then defaults to 2773).
     (no_layer / "AWSParametersAndSecretsLambdaExtension").write_text("")
     assert extension_configured(token)

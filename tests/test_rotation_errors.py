@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from dbcreds.errors import InvalidSecret
+from dbcreds.errors import ConfigurationError, InvalidSecret
 from dbcreds.rotation import (
     InvalidRotationEvent,
     NoWorkingCredentials,
@@ -28,7 +28,7 @@ from dbcreds.rotation.local import rotate_locally
 _ROTATION_ENV = (
     "ROTATION_STRATEGY", "PASSWORD_LENGTH", "EXCLUDE_CHARACTERS", "EXCLUDE_NUMBERS",
     "EXCLUDE_PUNCTUATION", "EXCLUDE_UPPERCASE", "EXCLUDE_LOWERCASE", "INCLUDE_SPACE",
-    "REQUIRE_EACH_INCLUDED_TYPE", "ROTATION_FAILURE_TOPIC_ARN",
+    "REQUIRE_EACH_INCLUDED_TYPE", "ROTATION_FAILURE_TOPIC_ARN", "LOG_LEVEL",
 )  # fmt: skip
 
 
@@ -237,9 +237,8 @@ def test_no_password_in_logs_or_errors_at_debug(
 
 # -- Done means: a failed testSecret notifies SNS once, then re-raises -----------------------------
 
-def test_failed_test_secret_publishes_one_notification(
-    stack: Any, sm: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _failure_topic(stack: Any) -> tuple[str, Any, str]:
+    """An SNS topic with an SQS queue subscribed: (topic ARN, sqs client, queue URL)."""
     sns, sqs = stack.secrets.client("sns"), stack.secrets.client("sqs")
     topic = sns.create_topic(Name=f"rotation-failures-{secrets.token_hex(4)}")["TopicArn"]
     queue = sqs.create_queue(QueueName=f"rotation-failures-{secrets.token_hex(4)}")["QueueUrl"]
@@ -247,6 +246,13 @@ def test_failed_test_secret_publishes_one_notification(
         "Attributes"]["QueueArn"]  # fmt: skip
     sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn,
                   Attributes={"RawMessageDelivery": "true"})  # fmt: skip
+    return topic, sqs, queue
+
+
+def test_failed_test_secret_publishes_one_notification(
+    stack: Any, sm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic, sqs, queue = _failure_topic(stack)
     monkeypatch.setenv("ROTATION_FAILURE_TOPIC_ARN", topic)
     subject = Subject(stack, sm)
     lambda_handler(subject.event(RotationStep.CREATE), None)
@@ -269,6 +275,39 @@ def test_failed_test_secret_publishes_one_notification(
     assert pending["password"] not in body and subject.password not in body
     # AWSCURRENT untouched: the rotation stops, the application keeps working.
     assert subject._stages() == {**subject.stages}
+
+
+def test_bad_log_level_fails_like_a_step_log_line_and_notice(
+    stack: Any, sm: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic, sqs, queue = _failure_topic(stack)
+    monkeypatch.setenv("ROTATION_FAILURE_TOPIC_ARN", topic)
+    monkeypatch.setenv("LOG_LEVEL", "Chatty-Level")
+    rotation_logger = logging.getLogger("dbcreds.rotation")
+    monkeypatch.setattr(rotation_logger, "level", logging.NOTSET)  # a fresh Lambda container
+    secret_id = f"dbcreds-test/log-level-{secrets.token_hex(4)}"
+    token = str(uuid.uuid4())
+    published = stack.secrets.count("Publish", service="sns")
+
+    with pytest.raises(ConfigurationError, match="LOG_LEVEL") as info:
+        lambda_handler({"SecretId": secret_id, "ClientRequestToken": token,
+                        "Step": "createSecret"}, None)  # fmt: skip
+
+    assert "Chatty-Level" not in str(info.value)
+    assert "DEBUG, INFO, WARNING, ERROR, CRITICAL" in str(info.value)
+    assert rotation_logger.level == logging.INFO  # the default, usable for the next line
+    lines = [json.loads(r.getMessage()) for r in caplog.records
+             if r.name == "dbcreds.rotation" and r.levelno == logging.ERROR]
+    assert [(line["outcome"], line["error_type"], line["step"], line["token"])
+            for line in lines] == [("failure", "ConfigurationError", "createSecret", token)]
+    assert "LOG_LEVEL" in lines[0]["error"]
+    assert stack.secrets.count("Publish", service="sns") == published + 1
+    messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10,
+                                   WaitTimeSeconds=1)["Messages"]  # fmt: skip
+    assert len(messages) == 1
+    notice = json.loads(messages[0]["Body"])
+    assert (notice["secret_arn"], notice["error_type"]) == (secret_id, "ConfigurationError")
+    assert "Chatty-Level" not in messages[0]["Body"]
 
 
 def test_notification_failure_does_not_hide_the_step_error(

@@ -120,7 +120,7 @@ def test_settings_password_switches() -> None:
 @pytest.mark.parametrize(("name", "value"), [
     ("ROTATION_STRATEGY", "multi-user"), ("PASSWORD_LENGTH", "x"), ("PASSWORD_LENGTH", "0"),
     ("PASSWORD_LENGTH", "5000"), ("INCLUDE_SPACE", "maybe"), ("DBCREDS_ROTATION_SSLMODE", "prefer"),
-    ("DBCREDS_ROTATION_SSLMODE", "allow"),
+    ("DBCREDS_ROTATION_SSLMODE", "allow"), ("LOG_LEVEL", "verbose"),
 ])  # fmt: skip
 def test_settings_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigurationError, match=name):

@@ -93,11 +93,17 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
 def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import os
 
+    from . import _env
     from ._aws import client_error_code, new_client, secret_call
     from .errors import DbcredsError, classify_tls_failure
     from .secret import DbSecret
     from .tls import login_tls
 
+    try:
+        sslmode = args.sslmode or _env.sslmode(os.environ, "DBCREDS_SSLMODE")
+    except DbcredsError as exc:  # a ConfigurationError naming the variable, not the value
+        print(f"FAILED: {exc}", file=err)
+        return 1
     try:
         client = new_client("secretsmanager")
         with secret_call():
@@ -125,7 +131,7 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     label = f"{args.stage} of {args.secret!r} (version {secret.version_id})"
     try:
         tls = login_tls(
-            sslmode=args.sslmode or os.environ.get("DBCREDS_SSLMODE") or None,
+            sslmode=sslmode,
             sslrootcert=args.sslrootcert or os.environ.get("DBCREDS_SSLROOTCERT")
             or os.environ.get("PGSSLROOTCERT") or None,
             source="--sslmode / DBCREDS_SSLMODE",

@@ -19,6 +19,10 @@
                          secret (needs ``DBCREDS_HOST``; excludes ``DBCREDS_SECRET_ID``)
 ======================== ===========================================================
 
+Every value is checked (``dbcreds._env``): numbers in ASCII digits, finite, in range (ports
+1-65535; pool sizes integers); booleans ``true``/``false``/``1``/``0``/``yes``/``no``/``on``/
+``off``. A bad value is a `ConfigurationError` naming the variable, not a silent default.
+
 Region and endpoint come from botocore's own settings (``AWS_DEFAULT_REGION``, set by Lambda,
 ``AWS_ENDPOINT_URL_SECRETS_MANAGER``); no password ever comes from the environment.
 """
@@ -30,6 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import _env
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -58,9 +63,12 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``DBCREDS_*`` variables; a bad value is a `ConfigurationError` naming
+        the variable (never showing the value)."""
         env = os.environ if environ is None else environ
-        secret_id = env.get("DBCREDS_SECRET_ID", "").strip()
-        iam_user = env.get("DBCREDS_IAM_USER", "").strip() or None
+        secret_id = _env.text(env, "DBCREDS_SECRET_ID") or ""
+        iam_user = _env.text(env, "DBCREDS_IAM_USER")
+        host = _env.text(env, "DBCREDS_HOST")
         if not secret_id and not iam_user:
             raise ConfigurationError(
                 "DBCREDS_SECRET_ID is not set: set it to the name or ARN of the Secrets Manager "
@@ -72,48 +80,32 @@ class Settings:
                 "DBCREDS_SECRET_ID and DBCREDS_IAM_USER are both set: set only one (the secret's "
                 "password, or RDS IAM auth tokens for DBCREDS_IAM_USER)"
             )
-        if iam_user and not env.get("DBCREDS_HOST", "").strip():
+        if iam_user and not host:
             raise ConfigurationError(
                 "DBCREDS_IAM_USER needs DBCREDS_HOST: the RDS Proxy or database endpoint the "
                 "IAM auth token is signed for"
             )
-
-        def number(name: str, kind: type[int] | type[float], default: Any) -> Any:
-            raw = env.get(name, "").strip()
-            if not raw:
-                return default
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise ConfigurationError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
-            if value < 0:
-                raise ConfigurationError(f"{name} must not be negative, got {raw!r}")
-            return value
-
-        def text(name: str) -> str | None:
-            return env.get(name, "").strip() or None
-
-        min_size = number("DBCREDS_POOL_MIN_SIZE", int, 1)
-        max_size = number("DBCREDS_POOL_MAX_SIZE", int, max(1, min_size))
-        if max_size < max(min_size, 1):
+        min_size = _env.number(env, "DBCREDS_POOL_MIN_SIZE", 1, integer=True, low=0)
+        max_size = _env.number(env, "DBCREDS_POOL_MAX_SIZE", max(1, min_size), integer=True,
+                               low=1)
+        if max_size < min_size:
             raise ConfigurationError(
                 "DBCREDS_POOL_MAX_SIZE must be at least 1 and at least DBCREDS_POOL_MIN_SIZE"
             )
         return cls(
             secret_id=secret_id,
-            host=text("DBCREDS_HOST"),
-            port=number("DBCREDS_PORT", int, None),
-            dbname=text("DBCREDS_DBNAME"),
-            sslmode=text("DBCREDS_SSLMODE"),
-            sslrootcert=text("DBCREDS_SSLROOTCERT"),
-            secret_ttl=number("DBCREDS_SECRET_TTL", float, 300.0),
+            host=host,
+            port=_env.port(env, "DBCREDS_PORT", None),
+            dbname=_env.text(env, "DBCREDS_DBNAME"),
+            sslmode=_env.sslmode(env, "DBCREDS_SSLMODE"),
+            sslrootcert=_env.text(env, "DBCREDS_SSLROOTCERT"),
+            secret_ttl=_env.number(env, "DBCREDS_SECRET_TTL", 300.0, low=0),
             pool_min_size=min_size,
             pool_max_size=max_size,
-            pool_check=env.get("DBCREDS_POOL_CHECK", "1").strip().lower()
-            not in ("0", "false", "no", "off"),
-            auth_retry_budget=number("DBCREDS_AUTH_RETRY_BUDGET", float, 5.0),
+            pool_check=_env.boolean(env, "DBCREDS_POOL_CHECK", True),
+            auth_retry_budget=_env.number(env, "DBCREDS_AUTH_RETRY_BUDGET", 5.0, low=0),
             iam_user=iam_user,
-            pool_max_lifetime=number("DBCREDS_POOL_MAX_LIFETIME", float, 3600.0),
+            pool_max_lifetime=_env.number(env, "DBCREDS_POOL_MAX_LIFETIME", 3600.0, above=0),
         )
 
     def build_source(self) -> CredentialSource:

@@ -9,6 +9,7 @@ psycopg raises a plain ``OperationalError`` with ``sqlstate=None`` for a failed 
 from __future__ import annotations
 
 import enum
+from typing import NoReturn
 
 __all__ = [
     "AuthFailure",
@@ -23,11 +24,28 @@ __all__ = [
     "classify_auth_failure",
     "classify_tls_failure",
     "is_auth_failure",
+    "raise_clean",
 ]
 
 
 class DbcredsError(Exception):
     """Base class of every error raised by dbcreds."""
+
+
+def raise_clean(err: BaseException) -> NoReturn:
+    """Raise *err* with no ``__cause__`` and no ``__context__``, even inside an ``except`` block.
+
+    ``raise err from None`` only hides the exception being handled: it stays reachable as
+    ``err.__context__`` (with its traceback's frames), and its text may hold the very secret
+    that *err* was made to leave out. Python sets ``__context__`` when *err* is raised, so it is
+    cleared while *err* propagates out of here.
+    """
+    try:
+        raise err
+    finally:
+        err.__cause__ = None
+        err.__context__ = None
+        err.__suppress_context__ = True
 
 
 class ConfigurationError(DbcredsError):

@@ -25,6 +25,11 @@ Either way the extension needs a token: ``AWS_SESSION_TOKEN`` (always set in Lam
 ``AWS_TOKEN`` (the Agent's default; ``file://PATH`` reads it from a file). Without one, boto3.
 The port is ``PARAMETERS_SECRETS_EXTENSION_HTTP_PORT``, default 2773.
 
+**Bad settings are errors**, never a silent default: a ``DBCREDS_SECRETS_TRANSPORT`` other than
+the three above, a port outside 1-65535, a ``SECRETS_MANAGER_TTL`` that is not a finite number
+>= 0, a token that is not printable ASCII (a line break would let ``http.client`` quote the
+token in its error) are each a `ConfigurationError` naming the variable, not its value.
+
 **Falling back.** When the extension does not answer (connection refused or reset, timeout,
 not HTTP), that fetch is made with boto3 instead, and boto3 stays in use for ``retry_after``
 seconds (60) before the extension is tried again: a missing layer costs one refused
@@ -56,11 +61,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
+from . import _env
 from .errors import (
+    ConfigurationError,
     DbcredsError,
     SecretAccessDenied,
     SecretNotFound,
     SecretsManagerUnavailable,
+    raise_clean,
 )
 
 __all__ = [
@@ -77,6 +85,7 @@ DEFAULT_PORT = 2773
 TOKEN_HEADER = "X-Aws-Parameters-Secrets-Token"  # noqa: S105 (a header name)
 #: Where Lambda layers put extensions (a module attribute so that tests can point it elsewhere).
 EXTENSIONS_DIR = "/opt/extensions"
+_TRANSPORTS = ("auto", "sdk", "extension")
 _LAYER_NAMES = ("parametersandsecrets", "secretsmanageragent", "secrets-manager-agent",
                 "secrets_manager_agent")
 
@@ -99,23 +108,36 @@ class ExtensionUnreachable(Exception):
 # -- selection ------------------------------------------------------------------------------
 
 def _token(env: Mapping[str, str]) -> str | None:
-    token = env.get("AWS_SESSION_TOKEN") or env.get("AWS_TOKEN")
+    """The extension's token: ``AWS_SESSION_TOKEN``, else ``AWS_TOKEN`` (``file://`` read).
+
+    Raises `ConfigurationError` naming the variable (never showing the value) when the token
+    is not something an HTTP header can carry (``http.client`` would quote it in its error).
+    """
+    name = "AWS_SESSION_TOKEN" if env.get("AWS_SESSION_TOKEN") else "AWS_TOKEN"
+    token = env.get(name)
     if token and token.startswith("file://"):
         try:
             with open(token[len("file://"):], encoding="utf-8") as f:
                 token = f.read().strip()
-        except OSError:
+        except (OSError, ValueError):  # ValueError: not UTF-8 (UnicodeDecodeError)
             return None
-    return token or None
+        name += " (the file it names)"
+    if not token:
+        return None
+    _check_token(token, name)
+    return token
+
+
+def _check_token(token: str, name: str) -> None:
+    if not all("!" <= c <= "~" for c in token):
+        raise ConfigurationError(
+            f"{name} is not a usable {TOKEN_HEADER} header: it must be printable ASCII without "
+            "spaces or line breaks (value not shown)"
+        )
 
 
 def _port(env: Mapping[str, str]) -> int:
-    raw = env.get("PARAMETERS_SECRETS_EXTENSION_HTTP_PORT", "").strip()
-    try:
-        port = int(raw) if raw else DEFAULT_PORT
-    except ValueError:
-        port = DEFAULT_PORT
-    return port if 0 < port < 65536 else DEFAULT_PORT
+    return _env.port(env, "PARAMETERS_SECRETS_EXTENSION_HTTP_PORT", DEFAULT_PORT)
 
 
 def _layer_present() -> bool:
@@ -127,45 +149,47 @@ def _layer_present() -> bool:
 
 
 def extension_configured(env: Mapping[str, str] | None = None) -> bool:
-    """True when the rule in the module docstring picks the extension (a token is needed)."""
+    """True when the rule in the module docstring picks the extension (a token is needed).
+
+    Raises `ConfigurationError` for a ``DBCREDS_SECRETS_TRANSPORT`` other than auto, sdk or
+    extension, and for a token an HTTP header cannot carry.
+    """
     env = os.environ if env is None else env
-    mode = env.get("DBCREDS_SECRETS_TRANSPORT", "auto").strip().lower() or "auto"
-    if mode not in ("auto", "sdk", "extension"):
-        logger.warning("DBCREDS_SECRETS_TRANSPORT=%r is not auto, sdk or extension: using auto",
-                       mode)
-        mode = "auto"
+    mode = _env.choice(env, "DBCREDS_SECRETS_TRANSPORT", _TRANSPORTS, "auto")
     if mode == "sdk":
+        return False
+    if mode == "auto" and not (
+        _env.text(env, "PARAMETERS_SECRETS_EXTENSION_HTTP_PORT") or _layer_present()
+    ):
         return False
     if _token(env) is None:
         if mode == "extension":
             logger.warning("DBCREDS_SECRETS_TRANSPORT=extension but neither AWS_SESSION_TOKEN nor "
                            "AWS_TOKEN is set: the extension would refuse us; using the AWS SDK")
         return False
-    if mode == "extension":
-        return True
-    return bool(env.get("PARAMETERS_SECRETS_EXTENSION_HTTP_PORT", "").strip()) or _layer_present()
+    return True
 
 
 def auto_fetcher(sdk: Fetcher, env: Mapping[str, str] | None = None) -> Fetcher:
     """The fetcher a provider should use: an `ExtensionTransport` falling back to *sdk* when
-    the extension is configured (module docstring), else *sdk* itself."""
+    the extension is configured (module docstring), else *sdk* itself.
+
+    Raises `ConfigurationError` for a bad ``DBCREDS_SECRETS_TRANSPORT``,
+    ``PARAMETERS_SECRETS_EXTENSION_HTTP_PORT`` (1-65535) or ``SECRETS_MANAGER_TTL`` (a finite
+    number >= 0), or a token a header cannot carry.
+    """
     env = os.environ if env is None else env
     if not extension_configured(env):
         return sdk
     token = _token(env)
     assert token is not None
-    transport = ExtensionTransport(sdk, port=_port(env), token=token,
-                                   cache_ttl=_float(env, "SECRETS_MANAGER_TTL", 300.0))
+    transport = ExtensionTransport(
+        sdk, port=_port(env), token=token,
+        cache_ttl=_env.number(env, "SECRETS_MANAGER_TTL", 300.0, low=0),
+    )
     logger.debug("secrets come from the extension on port %d (boto3 as fallback)",
                  transport.port)
     return transport
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    try:
-        return float(env.get(name, "").strip() or default)
-    except ValueError:
-        return default
 
 
 # -- the transport --------------------------------------------------------------------------
@@ -199,6 +223,7 @@ class ExtensionTransport:
         self.sdk = sdk
         self.host = host
         self.port = port
+        _check_token(token, "the token")
         self._token = token
         self.retry_after = retry_after
         self.cache_ttl = cache_ttl
@@ -268,22 +293,36 @@ class ExtensionTransport:
 
         path = (f"/secretsmanager/get?secretId={quote(secret_id, safe='')}"
                 f"&versionStage={quote(stage, safe='')}")
+        # No exception of http.client leaves here, not even as a __context__: one about the
+        # request quotes its header, the token (ValueError("Invalid header value ...")).
+        failure: BaseException | None = None
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
         try:
-            try:
-                conn.connect()
-                if conn.sock is not None:
-                    conn.sock.settimeout(self.read_timeout)
-                conn.request("GET", path, headers={TOKEN_HEADER: self._token})
-                response = conn.getresponse()
-                status = response.status
-                body = response.read()
-            except (OSError, http.client.HTTPException) as exc:
-                # ConnectionRefusedError, TimeoutError, ConnectionResetError, RemoteDisconnected,
-                # BadStatusLine, ...: the extension is not there (or not an extension).
-                raise ExtensionUnreachable(type(exc).__name__) from None
+            conn.connect()
+            if conn.sock is not None:
+                conn.sock.settimeout(self.read_timeout)
+            conn.request("GET", path, headers={TOKEN_HEADER: self._token})
+            response = conn.getresponse()
+            status = response.status
+            body = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            # ConnectionRefusedError, TimeoutError, ConnectionResetError, RemoteDisconnected,
+            # BadStatusLine, ...: the extension is not there (or not an extension).
+            failure = ExtensionUnreachable(type(exc).__name__)
+        except ValueError as exc:  # a request http.client refuses to send (the header)
+            failure = ConfigurationError(
+                f"the request to the secrets extension for secret {secret_id!r} could not be "
+                f"sent ({type(exc).__name__}): check the {TOKEN_HEADER} token "
+                "(AWS_SESSION_TOKEN / AWS_TOKEN); details withheld, they would show it"
+            )
+        except Exception as exc:
+            failure = SecretsManagerUnavailable(
+                secret_id, f"the request to the secrets extension failed ({type(exc).__name__})"
+            )
         finally:
             conn.close()
+        if failure is not None:
+            raise_clean(failure)
         if status == 200:
             return self._document(secret_id, body)
         raise self._error(secret_id, stage, status, body)

@@ -42,6 +42,7 @@ from .errors import (
     SecretAccessDenied,
     SecretNotFound,
     SecretsManagerUnavailable,
+    raise_clean,
 )
 from .secret import DbSecret
 
@@ -274,7 +275,12 @@ class SecretProvider:
             raise
         except Exception as exc:
             self._count_error()
-            raise self._translate(exc, stage) from exc
+            translated = self._translate(exc, stage)
+            if client_error_code(exc) is not None:
+                raise translated from exc  # the service's answer: no secret in it
+            # Anything else (botocore's HTTPClientError, a ValueError from http.client) may
+            # quote a request header, the session token: named by type only, not chained.
+            raise_clean(translated)
         secret = self._parse(response)
         logger.debug(
             "fetched %s of secret %r (version %s) in %.1f ms",
@@ -330,7 +336,10 @@ class SecretProvider:
     def _translate(self, exc: Exception, stage: str) -> DbcredsError:
         code = client_error_code(exc)
         if code is None:  # botocore transport errors: EndpointConnectionError, timeouts, ...
-            return SecretsManagerUnavailable(self.secret_id, type(exc).__name__)
+            where = getattr(exc, "kwargs", None)
+            endpoint = where.get("endpoint_url") if isinstance(where, dict) else None
+            detail = type(exc).__name__ + (f" ({endpoint})" if isinstance(endpoint, str) else "")
+            return SecretsManagerUnavailable(self.secret_id, detail)
         if code in _NOT_FOUND:
             detail = "" if stage == AWSCURRENT else f"no {stage} value"
             return SecretNotFound(self.secret_id, detail)

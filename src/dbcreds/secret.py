@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .errors import InvalidSecret
+from .errors import InvalidSecret, raise_clean
 
 __all__ = ["POSTGRES_ENGINES", "DbSecret"]
 
@@ -50,11 +50,17 @@ class DbSecret:
         cls, secret_string: str, *, secret_id: str = "", version_id: str | None = None
     ) -> DbSecret:
         """Parse a SecretString. Raises `InvalidSecret` naming the key at fault, never a value."""
+        problem: InvalidSecret | None = None
         try:
             doc = json.loads(secret_string)
         except (TypeError, ValueError):
-            # The decoder's message quotes the document: don't chain it.
-            raise InvalidSecret(secret_id, None, "is not JSON") from None
+            problem = InvalidSecret(secret_id, None, "is not JSON")
+        except RecursionError:
+            problem = InvalidSecret(secret_id, None, "is not JSON dbcreds can read (nested too "
+                                    "deeply)")
+        if problem is not None:
+            # The decoder's message quotes the document: neither chained nor kept as context.
+            raise_clean(problem)
         return cls.from_dict(doc, secret_id=secret_id, version_id=version_id)
 
     @classmethod
@@ -133,19 +139,26 @@ class DbSecret:
 
 
 def _port(value: Any, secret_id: str) -> int:
+    """A JSON integer or a string of ASCII digits, 1-65535 (the value is never quoted)."""
     if value is None:
         return 5432
     if isinstance(value, bool):
         raise InvalidSecret(secret_id, "port", "must be a number, not a boolean")
     if isinstance(value, int):
         port = value
-    elif isinstance(value, str) and value.strip().isdigit():
-        port = int(value.strip())
+    elif isinstance(value, str) and _ascii_digits(value.strip()):
+        digits = value.strip().lstrip("0")
+        port = int(digits) if len(digits) <= 5 else 0
     else:
-        raise InvalidSecret(secret_id, "port", "must be an integer or a numeric string")
+        # floats (5432.5, 5432.0), "١٢٣" (str.isdigit() says yes), "+5432", "5_432", ...
+        raise InvalidSecret(secret_id, "port", "must be an integer or a string of ASCII digits")
     if not 0 < port < 65536:
         raise InvalidSecret(secret_id, "port", "is out of range 1-65535")
     return port
+
+
+def _ascii_digits(text: str) -> bool:
+    return bool(text) and text.isascii() and text.isdigit()
 
 
 def _json_type(value: Any) -> str:

@@ -20,7 +20,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .. import _env
 from .._aws import new_client
+from ..errors import ConfigurationError, raise_clean
 from .events import RotationEvent, RotationStep, check_versions
 from .exceptions import RotationError, scrub
 from .operations import log_step, notify_failure
@@ -122,9 +124,10 @@ def run_step(
         topic = settings.failure_topic_arn if settings else _topic_from_env()
         if topic and isinstance(exc, Exception):
             notify_failure(topic, record, _sns(sns_client))
+        _cut_chain(safe, seen)
         if safe is exc:
             raise
-        raise safe from None
+        raise_clean(safe)  # not `from None`: that keeps *exc*, unscrubbed, as __context__
     duration = time.monotonic() - started
     record.update(outcome=outcome, detail=detail, duration_ms=round(duration * 1000, 1))
     log_step(record)
@@ -133,7 +136,7 @@ def run_step(
 
 def _topic_from_env() -> str | None:
     # Settings themselves failed to parse: the topic variable is still worth a try.
-    return os.environ.get("ROTATION_FAILURE_TOPIC_ARN", "").strip() or None
+    return _env.text(os.environ, "ROTATION_FAILURE_TOPIC_ARN")
 
 
 def _sns(sns_client: Any) -> Callable[[], Any]:
@@ -142,19 +145,60 @@ def _sns(sns_client: Any) -> Callable[[], Any]:
 
 def _sanitized(exc: BaseException, seen: list[str], record: Mapping[str, Any]) -> BaseException:
     """*exc*, or a RotationError with scrubbed text if *exc*'s text reveals a password."""
-    text = str(exc)
-    if not any(p and p in text for p in seen):
+    if not _reveals(exc, seen):
         return exc
     return RotationError(
-        f"{type(exc).__name__}: {scrub(text, seen)}",
+        f"{type(exc).__name__}: {scrub(str(exc), seen)}",
         secret_id=str(record.get("secret_arn") or ""),
         step=str(record.get("step") or ""),
     )
 
 
+def _reveals(exc: BaseException, seen: list[str]) -> bool:
+    try:
+        text = str(exc)
+    except Exception:  # a broken __str__: nothing to show, nothing to reveal
+        return False
+    return any(p and p in text for p in seen)
+
+
+def _cut_chain(exc: BaseException, seen: list[str]) -> None:
+    """Cut the links of *exc*'s ``__cause__``/``__context__`` chain that could show a password.
+
+    A context that was suppressed (``raise ... from None`` after `describe_failure` scrubbed
+    the driver's text into the new error) is dropped: it is the unscrubbed original. So is any
+    cause or context whose text contains a password the step saw.
+    """
+    pending, visited = [exc], set()
+    while pending:
+        node = pending.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        if node.__suppress_context__:
+            node.__context__ = None
+        cause, context = node.__cause__, node.__context__
+        if cause is not None and _reveals(cause, seen):
+            node.__cause__ = cause = None
+            node.__suppress_context__ = True
+        if context is not None and _reveals(context, seen):
+            node.__context__ = context = None
+        pending.extend(e for e in (cause, context) if e is not None)
+
+
 def lambda_handler(event: Mapping[str, Any], context: Any) -> None:
-    """The rotation function's handler, as configured in the Lambda (``Handler``)."""
+    """The rotation function's handler, as configured in the Lambda (``Handler``).
+
+    Bad settings (``LOG_LEVEL`` included) fail the way a step does: the JSON log line (the
+    logger at INFO), the SNS notice when ``ROTATION_FAILURE_TOPIC_ARN`` is set, then the
+    `ConfigurationError` is raised.
+    """
+    settings: RotationSettings | None
+    try:
+        settings = RotationSettings.from_env()
+    except ConfigurationError:
+        settings = None  # run_step parses them again, and reports the failure as a step's
     if logger.level == logging.NOTSET:
         # Lambda's root logger drops INFO by default; the step log line must get out.
-        logger.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
-    run_step(event, request_id=getattr(context, "aws_request_id", None))
+        logger.setLevel(settings.log_level if settings is not None else logging.INFO)
+    run_step(event, settings=settings, request_id=getattr(context, "aws_request_id", None))

@@ -7,18 +7,21 @@
                                characters that break URLs, pgpass, pg_hba or shell quoting)
 ``EXCLUDE_NUMBERS`` ...        ``EXCLUDE_NUMBERS``, ``EXCLUDE_PUNCTUATION``, ``EXCLUDE_UPPERCASE``,
                                ``EXCLUDE_LOWERCASE``, ``INCLUDE_SPACE``,
-                               ``REQUIRE_EACH_INCLUDED_TYPE``: booleans (``true``/``false``)
+                               ``REQUIRE_EACH_INCLUDED_TYPE``: booleans (``true``/``false``,
+                               ``1``/``0``, ``yes``/``no``, ``on``/``off``)
 ``DBCREDS_ROTATION_SSLMODE``   ``verify-full``, ``verify-ca``, ``require`` or ``disable``;
                                overrides the secret's ``ssl`` key
 ``DBCREDS_ROTATION_SSLROOTCERT``  path of the CA bundle for verify-full/verify-ca (the RDS
                                global bundle packaged with the function), or ``system``
 ``DBCREDS_ROTATION_CONNECT_TIMEOUT``  seconds for each database login attempt (default 5)
 ``ROTATION_FAILURE_TOPIC_ARN`` SNS topic notified when a step fails (optional)
-``LOG_LEVEL``                  level of the ``dbcreds.rotation`` logger in the Lambda (INFO)
+``LOG_LEVEL``                  level of the ``dbcreds.rotation`` logger in the Lambda: DEBUG,
+                               INFO (default), WARNING, ERROR or CRITICAL
 =============================  ===============================================================
 
 Pure: `RotationSettings.from_env()` only reads a mapping; a bad value is a `ConfigurationError`
-naming the variable.
+naming the variable and never showing the value (the rules of ``dbcreds._env``: ASCII digits,
+in range, no silent default). The handler reports it like any failed step (log line, SNS).
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigurationError
+from .. import _env
+from .._env import LOG_LEVELS, SSLMODES
 
-__all__ = ["DEFAULT_EXCLUDE_CHARACTERS", "RotationSettings", "Strategy"]
+__all__ = ["DEFAULT_EXCLUDE_CHARACTERS", "LOG_LEVELS", "SSLMODES", "RotationSettings", "Strategy"]
 
 DEFAULT_PASSWORD_LENGTH = 32
 DEFAULT_EXCLUDE_CHARACTERS = ":/@\"'\\"
@@ -46,10 +50,6 @@ _SWITCHES = {
     "INCLUDE_SPACE": "IncludeSpace",
     "REQUIRE_EACH_INCLUDED_TYPE": "RequireEachIncludedType",
 }
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
-
-SSLMODES = ("disable", "require", "verify-ca", "verify-full")
 
 
 class Strategy(str, enum.Enum):
@@ -71,68 +71,34 @@ class RotationSettings:
     sslrootcert: str | None = None
     connect_timeout: int = 5
     failure_topic_arn: str | None = None
+    #: level of the ``dbcreds.rotation`` logger in the Lambda (``LOG_LEVEL``)
+    log_level: str = "INFO"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RotationSettings:
         env = os.environ if env is None else env
-
-        raw_strategy = env.get("ROTATION_STRATEGY", "").strip().lower() or "single-user"
-        try:
-            strategy = Strategy(raw_strategy)
-        except ValueError:
-            raise ConfigurationError(
-                f"ROTATION_STRATEGY={raw_strategy!r} is not a strategy: use "
-                f"{' or '.join(s.value for s in Strategy)}"
-            ) from None
-
+        strategy = Strategy(
+            _env.choice(env, "ROTATION_STRATEGY", [s.value for s in Strategy],
+                        Strategy.SINGLE_USER.value)
+        )
         policy: dict[str, Any] = {
-            "PasswordLength": _integer(
-                env, "PASSWORD_LENGTH", DEFAULT_PASSWORD_LENGTH, 1, _MAX_PASSWORD_LENGTH
-            )
+            "PasswordLength": _env.number(env, "PASSWORD_LENGTH", DEFAULT_PASSWORD_LENGTH,
+                                          integer=True, low=1, high=_MAX_PASSWORD_LENGTH)
         }
         exclude = env.get("EXCLUDE_CHARACTERS", DEFAULT_EXCLUDE_CHARACTERS)
         if exclude:  # set but empty: exclude nothing
             policy["ExcludeCharacters"] = exclude
         for name, parameter in _SWITCHES.items():
-            value = _boolean(env, name)
+            value = _env.boolean(env, name, None)
             if value is not None:
                 policy[parameter] = value
-
-        sslmode = env.get("DBCREDS_ROTATION_SSLMODE", "").strip().lower() or None
-        if sslmode is not None and sslmode not in SSLMODES:
-            raise ConfigurationError(
-                f"DBCREDS_ROTATION_SSLMODE={sslmode!r} is not allowed: use one of "
-                f"{', '.join(SSLMODES)} (prefer/allow could fall back to plaintext silently)"
-            )
         return cls(
             strategy=strategy,
             password_policy=policy,
-            sslmode=sslmode,
-            sslrootcert=env.get("DBCREDS_ROTATION_SSLROOTCERT", "").strip() or None,
-            connect_timeout=_integer(env, "DBCREDS_ROTATION_CONNECT_TIMEOUT", 5, 1, 300),
-            failure_topic_arn=env.get("ROTATION_FAILURE_TOPIC_ARN", "").strip() or None,
+            sslmode=_env.sslmode(env, "DBCREDS_ROTATION_SSLMODE"),
+            sslrootcert=_env.text(env, "DBCREDS_ROTATION_SSLROOTCERT"),
+            connect_timeout=_env.number(env, "DBCREDS_ROTATION_CONNECT_TIMEOUT", 5,
+                                        integer=True, low=1, high=300),
+            failure_topic_arn=_env.text(env, "ROTATION_FAILURE_TOPIC_ARN"),
+            log_level=_env.choice(env, "LOG_LEVEL", LOG_LEVELS, "INFO"),
         )
-
-
-def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not an integer") from None
-    if not low <= value <= high:
-        raise ConfigurationError(f"{name}={value} is out of range {low}-{high}")
-    return value
-
-
-def _boolean(env: Mapping[str, str], name: str) -> bool | None:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return None
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise ConfigurationError(f"{name}={raw!r} is not a boolean: use true or false")
