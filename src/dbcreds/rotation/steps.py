@@ -6,6 +6,7 @@ already done.
 createSecret     AWSPENDING exists for the token: nothing. Else copy AWSCURRENT (every key
                  kept), give it a GetRandomPassword password (and, alternating-users, the
                  other user), put it as the token's version with AWSPENDING.
+                 The strategy checks the pending value before it is stored.
 setSecret        AWSPENDING logs in: nothing. Else the strategy changes the password.
 testSecret       log in with AWSPENDING to the database host in the secret, run a query.
 finishSecret     move AWSCURRENT to the token (AWSPREVIOUS follows), then take AWSPENDING
@@ -71,6 +72,7 @@ def create_secret(ctx: StepContext) -> str:
     username = ctx.strategy.pending_username(current, secret_id=ctx.secret_arn)
     password = ctx.store.random_password(ctx.settings.password_policy)
     pending = current.with_changes(username=username, password=password)
+    ctx.strategy.check_pending(ctx, current, pending)  # never store a pending value it refuses
     if ctx.store.put_pending(pending, ctx.event.token):
         return "AWSPENDING created"
     return "AWSPENDING created by a concurrent invocation"
