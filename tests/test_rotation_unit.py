@@ -20,8 +20,10 @@ from dbcreds.rotation import (
 from dbcreds.rotation.connect import tls_policy
 from dbcreds.rotation.events import RotationEvent, Versions, check_versions
 from dbcreds.rotation.exceptions import NoWorkingCredentials, RotationError, scrub
+from dbcreds.rotation.guard import name_violations, pg_truncate
 from dbcreds.rotation.local import _name_of, is_aws_endpoint
 from dbcreds.rotation.operations import log_step, notify_failure
+from dbcreds.rotation.steps import _PROVEN_MAX, _proven, _remember_proven, _was_proven
 from dbcreds.rotation.strategies import MAX_ROLE_NAME_BYTES, alternate_username
 from dbcreds.secret import DbSecret
 
@@ -186,6 +188,67 @@ def test_alternate_username_respects_63_bytes() -> None:
     # bytes, not characters: 29 two-byte characters + "_clone" is 64 bytes
     with pytest.raises(RotationError, match="63-byte"):
         alternate_username("é" * 29)
+
+
+@pytest.mark.parametrize(("current", "pending", "master", "rules"), [
+    ("app", "app_clone", "postgres", []),
+    ("app_clone", "app", "postgres", []),
+    ("app", "app_clone", None, []),
+    ("PG_app", "PG_app_clone", None, []),  # pg_ is reserved as written, case and all
+    ("a" * 57, "a" * 57 + "_clone", None, []),  # exactly 63 bytes
+    # the master's own name, either side of the pair
+    ("postgres", "postgres_clone", "postgres", ["master-user"]),
+    ("postgres_clone", "postgres", "postgres", ["master-user"]),
+    ("m", "m_clone", "m_clone", ["master-user"]),
+    # ... also once PostgreSQL truncates the master's name to 63 bytes
+    ("m" * 63, "m" * 63 + "_clone", "m" * 63 + "zzz",
+     ["master-user", "master-user", "too-long", "truncation-collision"]),
+    # predefined roles
+    ("pg_read_all_data", "pg_read_all_data_clone", None, ["reserved-prefix"] * 2),
+    ("pg_monitor_clone", "pg_monitor", "postgres", ["reserved-prefix"] * 2),
+    # too long, in UTF-8 bytes
+    ("a" * 58, "a" * 58 + "_clone", None, ["too-long"]),
+    ("é" * 29, "é" * 29 + "_clone", None, ["too-long"]),
+    ("t" * 60, "t" * 60 + "_clone", None, ["too-long"]),
+    # pairs that are one role once truncated
+    ("x" * 80 + "_clone", "x" * 80, None, ["too-long", "too-long", "truncation-collision"]),
+    ("v" * 63 + "_clone", "v" * 63, None, ["too-long", "truncation-collision"]),
+    ("postgres", "postgres", None, ["truncation-collision"]),
+])  # fmt: skip
+def test_name_rules(current: str, pending: str, master: str | None, rules: list[str]) -> None:
+    found = name_violations(current, pending, master)
+    assert [v.split(":", 1)[0] for v in found] == rules
+    for violation in found:  # each names a role of the pair
+        assert repr(current) in violation or repr(pending) in violation
+
+
+def test_pg_truncate_cuts_bytes_at_a_character_boundary() -> None:
+    assert pg_truncate("a" * 63) == "a" * 63
+    assert pg_truncate("a" * 64) == "a" * 63
+    assert pg_truncate("é" * 32) == "é" * 31  # 64 bytes -> 62: no half character
+    assert pg_truncate("a" + "é" * 31) == "a" + "é" * 31  # exactly 63 bytes
+
+
+@pytest.mark.parametrize("username", ["pg_monitor", "pg_monitor_clone", "a" * 58])
+def test_alternate_username_refuses_unsafe_names(username: str) -> None:
+    with pytest.raises(RotationError, match="refuses the role pair"):
+        alternate_username(username, secret_id="s")
+
+
+def test_finish_memo_is_bounded_and_holds_only_ids() -> None:
+    saved = dict(_proven)
+    try:
+        for i in range(_PROVEN_MAX + 10):
+            _remember_proven("arn:s", f"token-{i}")
+        assert len(_proven) == _PROVEN_MAX
+        assert not _was_proven("arn:s", "token-0")  # the oldest went first
+        assert _was_proven("arn:s", f"token-{_PROVEN_MAX + 9}")
+        assert not _was_proven("arn:other", f"token-{_PROVEN_MAX + 9}")  # keyed by secret too
+        assert all(isinstance(k, tuple) and len(k) == 2 for k in _proven)
+        assert all(v is None for v in _proven.values())
+    finally:
+        _proven.clear()
+        _proven.update(saved)
 
 
 def test_name_of_arn() -> None:

@@ -4,8 +4,9 @@ Modules, one job each:
 
 * `events`: the event and DescribeSecret checks; * `settings`: configuration from the
   environment; * `store`: Secrets Manager calls; * `connect`: TLS and logins;
-* `password`: SCRAM-verifier password changes; * `strategies`: single-user and
-  alternating-users; * `steps`: createSecret/setSecret/testSecret/finishSecret;
+* `password`: SCRAM-verifier password changes; * `guard`: the roles alternating-users may
+  touch; * `strategies`: single-user and alternating-users;
+* `steps`: createSecret/setSecret/testSecret/finishSecret;
 * `operations`: JSON step log and SNS failure notice; * `handler`: the entry point;
 * `local`: a driver that does what Secrets Manager's RotateSecret does, in-process.
 """
@@ -20,6 +21,7 @@ from .exceptions import (
     RotationNotEnabled,
     RotationStateError,
     TestSecretFailed,
+    UnsafeRolePair,
 )
 from .handler import StepResult, lambda_handler, run_step
 from .local import LocalRotation, rotate_locally
@@ -37,6 +39,7 @@ __all__ = [
     "StepResult",
     "Strategy",
     "TestSecretFailed",
+    "UnsafeRolePair",
     "lambda_handler",
     "rotate_locally",
     "run_step",

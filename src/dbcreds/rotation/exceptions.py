@@ -18,6 +18,7 @@ __all__ = [
     "RotationNotEnabled",
     "RotationStateError",
     "TestSecretFailed",
+    "UnsafeRolePair",
     "scrub",
 ]
 
@@ -81,3 +82,11 @@ class TestSecretFailed(RotationError):
     """testSecret could not log in with AWSPENDING (or its query failed)."""
 
     __test__ = False  # not a pytest test class, whatever its name says
+
+
+class UnsafeRolePair(RotationError):
+    """The alternating-users strategy refused its pair of roles: one of them is (or could
+    become) privileged, is the master user, or does not name a role safely (`guard`).
+
+    Raised before anything is changed in the database or in the secret.
+    """

@@ -8,7 +8,10 @@
   password of the one *not* in AWSCURRENT, logged in with the master secret named by the
   secret's ``masterarn`` key. AWSCURRENT never stops working, and AWSPREVIOUS keeps working
   until the next rotation. The clone is created on the first rotation, WITH LOGIN and a member
-  of the original role, so it has the same privileges.
+  of the original role, so it has the same privileges. Because the master changes whatever
+  roles the secret names, the pair is refused (`UnsafeRolePair`, before any change) when
+  either role is the master, a ``pg_*`` name, too long for PostgreSQL, or is or can become
+  privileged: the rules and queries are in `guard`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import TYPE_CHECKING, Protocol
 from ..secret import DbSecret
 from .connect import describe_failure, try_login
 from .events import AWSCURRENT, AWSPREVIOUS
-from .exceptions import NoWorkingCredentials, RotationError
+from .exceptions import NoWorkingCredentials, RotationError, UnsafeRolePair
+from .guard import MAX_ROLE_NAME_BYTES, name_violations, privilege_violations
 from .password import create_login_role, ensure_member, role_exists, set_password
 from .settings import Strategy
 
@@ -35,9 +39,6 @@ __all__ = [
     "strategy_for",
 ]
 
-#: PostgreSQL truncates longer identifiers (NAMEDATALEN 64, in bytes): a truncated clone name
-#: could name another role, so a name that does not fit is an error, never truncated.
-MAX_ROLE_NAME_BYTES = 63
 CLONE_SUFFIX = "_clone"
 
 
@@ -119,30 +120,52 @@ class SingleUser:
         )
 
 
-def alternate_username(username: str, *, secret_id: str = "") -> str:
-    """The other user of the pair ``<user>`` / ``<user>_clone``."""
+def _other_of(username: str) -> str:
     if username.endswith(CLONE_SUFFIX) and len(username) > len(CLONE_SUFFIX):
         return username[: -len(CLONE_SUFFIX)]
-    clone = username + CLONE_SUFFIX
-    if len(clone.encode("utf-8")) > MAX_ROLE_NAME_BYTES:
-        raise RotationError(
-            f"secret {secret_id!r}: user {username!r} is too long for the alternating-users "
-            f"strategy: {clone!r} would exceed PostgreSQL's {MAX_ROLE_NAME_BYTES}-byte limit "
-            "on role names (and a truncated name could be another role); use a shorter user "
-            "name or the single-user strategy",
-            secret_id=secret_id,
-        )
-    return clone
+    return username + CLONE_SUFFIX
+
+
+def _refusal(current: str, pending: str, violations: list[str]) -> str:
+    return (
+        f"the alternating-users strategy refuses the role pair {current!r} / {pending!r}: "
+        f"{'; '.join(violations)}. Nothing was changed; give the secret an unprivileged "
+        "application user (not the master, not a pg_* role, at most "
+        f"{MAX_ROLE_NAME_BYTES - len(CLONE_SUFFIX)} bytes with its clone fitting in "
+        f"{MAX_ROLE_NAME_BYTES}) or use the single-user strategy"
+    )
+
+
+def alternate_username(username: str, *, secret_id: str = "") -> str:
+    """The other user of the pair ``<user>`` / ``<user>_clone``.
+
+    Raises `UnsafeRolePair` when the pair breaks a name rule of `guard` (the master's name is
+    not known here: the strategy checks that one too).
+    """
+    other = _other_of(username)
+    violations = name_violations(username, other)
+    if violations:
+        prefix = f"secret {secret_id!r}: " if secret_id else ""
+        raise UnsafeRolePair(prefix + _refusal(username, other, violations),
+                             secret_id=secret_id)
+    return other
 
 
 class AlternatingUsers:
     strategy = Strategy.ALTERNATING_USERS
 
+    def __init__(self) -> None:
+        self._masters: dict[str, DbSecret] = {}
+
     def pending_username(self, current: DbSecret, *, secret_id: str) -> str:
-        return alternate_username(current.username, secret_id=secret_id)
+        # Not checked here: createSecret runs check_pending on the pending value before it
+        # stores it, with the step's context and the master's name.
+        return _other_of(current.username)
 
     def check_pending(self, ctx: StepContext, current: DbSecret, pending: DbSecret) -> None:
-        expected = alternate_username(current.username, secret_id=ctx.secret_arn)
+        master = self._master(ctx, current, pending) if self._master_arn(current, pending) else None
+        self._refuse_unsafe_names(ctx, current, pending, master)
+        expected = _other_of(current.username)
         if pending.username != expected:
             raise ctx.error(
                 RotationError,
@@ -156,16 +179,37 @@ class AlternatingUsers:
                 f"AWSCURRENT is for {current.host}:{current.port}",
             )
 
-    def _master(self, ctx: StepContext, current: DbSecret, pending: DbSecret) -> DbSecret:
+    @staticmethod
+    def _refuse_unsafe_names(
+        ctx: StepContext, current: DbSecret, pending: DbSecret, master: DbSecret | None
+    ) -> None:
+        """The name rules of `guard`, for AWSCURRENT's pair and AWSPENDING's user."""
+        expected = _other_of(current.username)
+        master_name = master.username if master is not None else None
+        violations = name_violations(current.username, expected, master_name)
+        if pending.username not in (current.username, expected):
+            violations += [v for v in name_violations(current.username, pending.username,
+                                                      master_name) if v not in violations]
+        if violations:
+            raise ctx.error(UnsafeRolePair, _refusal(current.username, expected, violations))
+
+    @staticmethod
+    def _master_arn(current: DbSecret, pending: DbSecret) -> str | None:
         arn = pending.extra.get("masterarn") or current.extra.get("masterarn")
-        if not isinstance(arn, str) or not arn:
+        return arn if isinstance(arn, str) and arn else None
+
+    def _master(self, ctx: StepContext, current: DbSecret, pending: DbSecret) -> DbSecret:
+        arn = self._master_arn(current, pending)
+        if arn is None:
             raise ctx.error(
                 RotationError,
                 "the alternating-users strategy needs a 'masterarn' key in the "
                 "secret naming the secret of a user that can create roles and change "
                 "passwords",
             )
-        master = ctx.store.for_secret(arn).current()
+        master = self._masters.get(arn)
+        if master is None:
+            master = self._masters[arn] = ctx.store.for_secret(arn).current()
         if not _same_server(master, pending):
             raise ctx.error(
                 RotationError,
@@ -176,6 +220,7 @@ class AlternatingUsers:
 
     def change_password(self, ctx: StepContext, current: DbSecret, pending: DbSecret) -> str:
         master = self._master(ctx, current, pending)
+        self._refuse_unsafe_names(ctx, current, pending, master)
         conn, reason = try_login(master, ctx.settings)
         if conn is None:
             raise NoWorkingCredentials(
@@ -186,6 +231,22 @@ class AlternatingUsers:
             )
         pending_is_clone = pending.username == current.username + CLONE_SUFFIX
         with conn:
+            # Read-only, before any change: neither role may be or become privileged.
+            try:
+                violations = privilege_violations(
+                    conn, [current.username, pending.username], master.username
+                )
+            except Exception as exc:
+                raise ctx.error(
+                    RotationError,
+                    f"checking roles {current.username!r} and {pending.username!r} on "
+                    f"{_target(pending)} as {master.username!r} failed (nothing was changed): "
+                    f"{describe_failure(exc, ctx.store.seen)}",
+                ) from None
+            if violations:
+                raise ctx.error(
+                    UnsafeRolePair, _refusal(current.username, pending.username, violations)
+                )
             try:
                 if role_exists(conn, pending.username):
                     set_password(conn, pending.username, pending.password)
