@@ -24,6 +24,13 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def tls_env(stack: Any) -> dict[str, str]:
+    """Every contender verifies the stack's servers (verify-full with the stack's CA): dbcreds
+    through its own settings, the peers' plain psycopg.connect through libpq's environment.
+    Same TLS work for all, as a careful user of each would configure it."""
+    return {**stack.tls_env(), "PGSSLMODE": "verify-full", "PGSSLROOTCERT": stack.ca_file}
+
+
 def child_env(stack: Any, **extra: str) -> dict[str, str]:
     """The environment of a benchmark child: the stack's Secrets Manager, nothing else of AWS
     or dbcreds from the parent, bytecode caches allowed (as in a deployed package)."""
@@ -31,6 +38,7 @@ def child_env(stack: Any, **extra: str) -> dict[str, str]:
            if not k.startswith(("AWS_", "DBCREDS_", "PARAMETERS_SECRETS_", "POWERTOOLS_"))
            and k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")}
     env.update(stack.env())
+    env.update(tls_env(stack))
     env["AWS_CONFIG_FILE"] = "/nonexistent/aws-config"
     env["AWS_SHARED_CREDENTIALS_FILE"] = "/nonexistent/aws-credentials"
     env.update(extra)

@@ -21,6 +21,8 @@ import os
 import time
 from typing import Any
 
+from _common import tls_env
+
 PROXIES = {"pgbouncer (checks the live database)": "pgbouncer",
            "RDS-Proxy-like (serves AWSCURRENT, re-read ~1/s)": "rds_proxy"}
 LIBRARIES = ("dbcreds", "seed (boto3 at start)", "aws-secretsmanager-caching",
@@ -78,7 +80,7 @@ def rotation_under_load(stack: Any, *, rotations: int = 2, threads: int = 8,
     from dbcreds.testing.workload import Workload
 
     os.environ.update(stack.env())
-    os.environ["DBCREDS_ROTATION_SSLMODE"] = "disable"  # the local database has no TLS
+    os.environ.update(tls_env(stack))  # verify-full for dbcreds, the peers and the rotation
     rotation_client = stack.secrets.client("secretsmanager", stack=True)
     results: dict[str, dict[str, Any]] = {}
     for proxy_name, via in PROXIES.items():

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import HERE, compile_bytecode, machine
+from _common import HERE, compile_bytecode, machine, tls_env
 
 ALL = ("cold", "warm", "concurrent", "rotation", "fleet")
 
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in [n for n in os.environ if n.startswith(("AWS_", "DBCREDS_"))]:
             del os.environ[name]
         os.environ.update(stack.env())
+        os.environ.update(tls_env(stack))  # verify-full with the stack's CA, for every contender
         os.environ["AWS_CONFIG_FILE"] = os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
         if "cold" in only:
             runs = opts.runs or (3 if opts.quick else 30)

@@ -33,7 +33,6 @@ from test_rotation_alternating import doc, logs_in, rotate
 _ROTATION_ENV = (
     "PASSWORD_LENGTH", "EXCLUDE_CHARACTERS", "EXCLUDE_NUMBERS", "EXCLUDE_PUNCTUATION",
     "EXCLUDE_UPPERCASE", "EXCLUDE_LOWERCASE", "INCLUDE_SPACE", "REQUIRE_EACH_INCLUDED_TYPE",
-    "DBCREDS_ROTATION_SSLROOTCERT",
 )  # fmt: skip
 
 
@@ -51,7 +50,6 @@ def sm(stack: Any, aws_env: Any, topic: str, monkeypatch: pytest.MonkeyPatch) ->
     for name in _ROTATION_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ROTATION_STRATEGY", "alternating-users")
-    monkeypatch.setenv("DBCREDS_ROTATION_SSLMODE", "disable")  # the test DB has no TLS
     return stack.secrets.client()
 
 
