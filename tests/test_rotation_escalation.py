@@ -463,3 +463,43 @@ def test_finish_without_test_secret_checks_the_login_itself(stack: Any, sm: Any)
         token]  # fmt: skip
     current_works = works(stack, doc(sm, scene.secret_id, "AWSCURRENT"))
     assert current_works
+
+
+# -- which master: the function's configuration decides, not the secret ---------------------------
+
+def test_masterarn_must_be_the_configured_master(
+    stack: Any, sm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With DBCREDS_ROTATION_MASTER_SECRET_ARN set (the template sets it), a secret naming any
+    other master secret the function could read is refused before anything changes."""
+    scene = Scene.create(stack, sm)
+    other = Scene.create(stack, sm)
+    make_role(stack, name := f"esc_{secrets.token_hex(4)}", password := _password())
+    scene.app_secret(name, password)
+    monkeypatch.setenv("DBCREDS_ROTATION_MASTER_SECRET_ARN", other.master_arn)
+    watch = Watch(scene)
+    error = refused_at_create(scene)
+    assert "DBCREDS_ROTATION_MASTER_SECRET_ARN" in str(error)
+    watch.assert_unchanged(published=1, absent=(name + "_clone",))
+
+    monkeypatch.setenv("DBCREDS_ROTATION_MASTER_SECRET_ARN", scene.master_arn)
+    rotate(scene.sm, scene.secret_id)  # the configured master: the rotation goes through
+    assert works(stack, doc(sm, scene.secret_id, "AWSCURRENT"))
+
+
+def test_awspending_cannot_switch_to_another_master(stack: Any, sm: Any) -> None:
+    scene = Scene.create(stack, sm)
+    other = Scene.create(stack, sm)
+    make_role(stack, name := f"esc_{secrets.token_hex(4)}", password := _password())
+    scene.app_secret(name, password)
+    other.grant_admin(name)
+    watch = Watch(scene)
+    token = stack.secrets.register_pending(scene.secret_id)
+    sm.put_secret_value(
+        SecretId=scene.secret_id, ClientRequestToken=token, VersionStages=["AWSPENDING"],
+        SecretString=json.dumps(stack.secret_doc(
+            name + "_clone", "Chosen-" + secrets.token_urlsafe(12), masterarn=other.master_arn)),
+    )  # fmt: skip
+    with pytest.raises(UnsafeRolePair, match="another master secret"):
+        run_step(scene.event(RotationStep.SET, token), client=sm)
+    watch.assert_unchanged(published=1, absent=(name + "_clone",))

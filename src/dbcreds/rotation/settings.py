@@ -15,6 +15,8 @@
                                global bundle packaged with the function), or ``system``
 ``DBCREDS_ROTATION_CONNECT_TIMEOUT``  seconds for each database login attempt (default 5)
 ``ROTATION_FAILURE_TOPIC_ARN`` SNS topic notified when a step fails (optional)
+``DBCREDS_ROTATION_MASTER_SECRET_ARN``  alternating-users: the only master secret the
+                               secrets' ``masterarn`` may name (the template sets it)
 ``LOG_LEVEL``                  level of the ``dbcreds.rotation`` logger in the Lambda: DEBUG,
                                INFO (default), WARNING, ERROR or CRITICAL
 =============================  ===============================================================
@@ -73,6 +75,8 @@ class RotationSettings:
     failure_topic_arn: str | None = None
     #: level of the ``dbcreds.rotation`` logger in the Lambda (``LOG_LEVEL``)
     log_level: str = "INFO"
+    #: the only master secret a secret's ``masterarn`` may name (None: any the role can read)
+    master_secret_arn: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RotationSettings:
@@ -101,4 +105,5 @@ class RotationSettings:
                                         integer=True, low=1, high=300),
             failure_topic_arn=_env.text(env, "ROTATION_FAILURE_TOPIC_ARN"),
             log_level=_env.choice(env, "LOG_LEVEL", LOG_LEVELS, "INFO"),
+            master_secret_arn=_env.text(env, "DBCREDS_ROTATION_MASTER_SECRET_ARN"),
         )

@@ -195,11 +195,26 @@ class AlternatingUsers:
 
     @staticmethod
     def _master_arn(current: DbSecret, pending: DbSecret) -> str | None:
-        arn = pending.extra.get("masterarn") or current.extra.get("masterarn")
+        arn = current.extra.get("masterarn") or pending.extra.get("masterarn")
         return arn if isinstance(arn, str) and arn else None
 
     def _master(self, ctx: StepContext, current: DbSecret, pending: DbSecret) -> DbSecret:
         arn = self._master_arn(current, pending)
+        named = {a for a in (current.extra.get("masterarn"), pending.extra.get("masterarn")) if a}
+        if len(named) > 1:  # AWSPENDING is written mid-rotation: it may not pick another master
+            raise ctx.error(
+                UnsafeRolePair,
+                "AWSPENDING names another master secret ('masterarn') than AWSCURRENT; the "
+                "master secret of a rotation is the one AWSCURRENT names",
+            )
+        allowed = ctx.settings.master_secret_arn
+        if allowed is not None and arn is not None and arn != allowed:
+            raise ctx.error(
+                UnsafeRolePair,
+                f"the secret's 'masterarn' ({arn!r}) is not the master secret this function is "
+                "configured for (DBCREDS_ROTATION_MASTER_SECRET_ARN): a secret's contents may "
+                "not choose which credentials the rotation uses",
+            )
         if arn is None:
             raise ctx.error(
                 RotationError,
