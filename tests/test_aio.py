@@ -26,7 +26,13 @@ from dbcreds.login import LoginPolicy
 from dbcreds.rotation.local import rotate_locally
 from dbcreds.testing.workload import AsyncWorkload, WorkloadReport
 from test_login_unit import Clock, FakeSM, Refused
-from test_zero_failures import ROUTES, direct_login_works, load_pool_args, stage_doc
+from test_zero_failures import (
+    ROUTES,
+    direct_login_works,
+    load_pool_args,
+    proxy_caught_up,
+    stage_doc,
+)
 
 T = TypeVar("T")
 
@@ -212,6 +218,9 @@ def test_async_three_rotations_under_load_zero_failures(
                         rotate_locally, app.secret_id, pause=0.5, between_steps=between
                     )
                     assert rotation.completed
+                    await asyncio.to_thread(
+                        proxy_caught_up, stack, app.secret_id, rotation.token
+                    )
             finally:
                 result = await workload.stop()
             return result, pool

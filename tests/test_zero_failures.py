@@ -74,6 +74,18 @@ def report(name: str, result: WorkloadReport, pool: CredentialPool | None = None
         print(f"  marks: {[(round(m.at, 2), m.label) for m in result.marks]}")
 
 
+def proxy_caught_up(stack: Any, secret_id: str, version: str) -> None:
+    """Start the next rotation once the RDS Proxy stand-in applied the last one.
+
+    Rotations are days apart in production; back to back (0.5 s pauses) the stand-in could
+    apply rotation N's password just after rotation N+1's setSecret changed it again, and
+    PgBouncer, unlike RDS Proxy, closes its server connections of a user whose auth_file
+    password changed: every query would then wait for the next refresh. That is a property
+    of the stand-in, not of a rotation, so the tests wait for the proxy (an event, not a
+    sleep) between rotations."""
+    stack.rds_proxy.wait_applied(secret_id, version, timeout=15)
+
+
 def direct_login_works(stack: Any, doc: dict[str, Any] | None) -> bool:
     if doc is None:
         return False
@@ -114,6 +126,7 @@ def test_three_rotations_under_load_zero_failures(
         for _ in range(3):
             rotation = rotate_locally(app.secret_id, pause=0.5, between_steps=between)
             assert rotation.completed
+            proxy_caught_up(stack, app.secret_id, rotation.token)
         result = workload.stop()
 
     report(route, result, pool)
