@@ -3,13 +3,14 @@
 #   make test   the test suite against the same real stack
 #   make lint   ruff + mypy --strict
 #   make package  the rotation Lambda zip (see rotation/README.md)
+#   make checkov  checkov (pinned, in its own .venv-checkov) on rotation/template.yaml
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: test lint demo bench package system-deps venv clean
+.PHONY: test lint checkov demo bench package system-deps venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +37,24 @@ test: system-deps $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks rotation
 	$(VENV)/bin/mypy --strict src
+
+# checkov in a virtualenv of its own (its many pinned dependencies stay out of .venv); it
+# fails on any finding that is neither fixed nor skipped with a reason in the template's
+# Metadata. --skip-download: no call to the Prisma Cloud API (offline, and nothing to upload).
+# tests/test_template.py runs the same checkov on the template with every option on as well.
+CHECKOV_VERSION ?= 3.3.30
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+
+$(CHECKOV_STAMP):
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install -q checkov==$(CHECKOV_VERSION)
+	touch $(CHECKOV_STAMP)
+
+checkov: $(CHECKOV_STAMP)
+	$(CHECKOV_VENV)/bin/checkov -f rotation/template.yaml --framework cloudformation \
+	  --skip-download --quiet --compact
 
 # The rotation Lambda zips, dist/dbcreds-rotation-<arch>.zip, byte-identical for the same
 # source tree and lock files (rotation/requirements-*.txt); see rotation/README.md.
@@ -75,4 +94,4 @@ bench: system-deps $(BENCH_STAMP)
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) build dist .pytest_cache .mypy_cache .ruff_cache

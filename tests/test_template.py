@@ -3,7 +3,10 @@ parsed template (cfn-lint's own decoder, which understands !Ref, !Sub, !GetAtt, 
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,8 @@ from cfnlint.decode import decode  # type: ignore[import-untyped,unused-ignore] 
 
 from test_package import bp as build_package  # noqa: E402 (rotation/build_package.py, loaded once)
 
-ROTATION = Path(__file__).resolve().parent.parent / "rotation"
+REPO = Path(__file__).resolve().parent.parent
+ROTATION = REPO / "rotation"
 TEMPLATE = ROTATION / "template.yaml"
 HANDLER = "dbcreds.rotation.lambda_handler"
 NO_VALUE = {"Ref": "AWS::NoValue"}
@@ -94,6 +98,22 @@ def as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
+def conditional_items(items: list[Any]) -> Iterator[tuple[str | None, Any]]:
+    """(condition name or None, item) for a list whose items may be Fn::If [c, item, NoValue]."""
+    for item in items:
+        if isinstance(item, dict) and list(item) == ["Fn::If"]:
+            condition, yes, no = item["Fn::If"]
+            assert no == NO_VALUE, item
+            yield condition, yes
+        else:
+            yield None, item
+
+
+def pattern_accepts(pattern: str, value: str) -> bool:
+    """CloudFormation's AllowedPattern must match the whole value."""
+    return re.fullmatch(pattern, value) is not None
+
+
 # -- cfn-lint ---------------------------------------------------------------------------------
 
 
@@ -103,6 +123,104 @@ def test_cfn_lint_reports_nothing() -> None:
         config=ManualArgs(regions=["us-east-1", "eu-west-1", "ap-northeast-1"]),
     )
     assert [str(m) for m in matches] == []
+
+
+# -- checkov -----------------------------------------------------------------------------------
+
+#: what `make checkov` installs (the pinned version), else a checkov on PATH
+CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
+
+
+def checkov_command() -> str:
+    if CHECKOV.exists():
+        return str(CHECKOV)
+    found = shutil.which("checkov")
+    if found is None:
+        pytest.skip("checkov is not installed: `make checkov` installs the pinned version")
+    return found
+
+
+def every_option_on(template: dict[str, Any]) -> dict[str, Any]:
+    """The template with parameter defaults that create every conditional resource (checkov
+    scans only what the defaults create) and set every optional key, endpoint and secret."""
+    tpl = json.loads(json.dumps(template))
+    defaults = {
+        "Architecture": "x86_64",
+        "RotationStrategy": "alternating-users",
+        "MasterSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:master-AbCdEf",
+        "KmsKeyArns": "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        "TopicAndLogsKmsKeyArn": (
+            "arn:aws:kms:eu-west-1:123456789012:key/5678abcd-12ab-34cd-56ef-1234567890ab"
+        ),
+        "CreateSecretsManagerEndpoint": "false",
+        "CreateSnsEndpoint": "false",
+        "HttpsEgressCidr": "10.0.0.0/16",
+        "SecretsManagerEndpointUrl": "https://secretsmanager.eu-west-1.amazonaws.com",
+        "AlertEmail": "ops@example.com",
+        "DeployExampleApp": "true",
+        "ProxyIAMAuth": "REQUIRED",
+        "ExampleAppDbUser": "app",
+        "DatabaseIdentifierType": "cluster",
+    }
+    for name, value in defaults.items():
+        tpl["Parameters"][name]["Default"] = value
+    return tpl
+
+
+@pytest.mark.parametrize("variant", ["defaults", "every option on"])
+def test_checkov_finds_nothing_unexplained(
+    variant: str, template: dict[str, Any], tmp_path: Path
+) -> None:
+    command = checkov_command()
+    target = TEMPLATE
+    if variant != "defaults":
+        target = tmp_path / "template.json"  # JSON keeps the Metadata skips; checkov reads it
+        target.write_text(json.dumps(every_option_on(template)))
+    run = subprocess.run(
+        [
+            command,
+            *("-f", str(target), "--framework", "cloudformation"),
+            *("--skip-download", "--output", "json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    report = json.loads(run.stdout)
+    summary = report["summary"]
+    results = report["results"]
+    failed = [(c["check_id"], c["resource"]) for c in results["failed_checks"]]
+    assert failed == [], failed
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert summary["parsing_errors"] == 0
+    assert summary["passed"] >= 40, summary  # it really scanned the template
+    for check in results["skipped_checks"]:
+        comment = check["check_result"]["suppress_comment"]
+        assert len(comment) > 40 and comment != "No comment provided", check["check_id"]
+    scanned = {c["resource"].split(".")[-1] for c in results["passed_checks"]}
+    scanned |= {c["resource"].split(".")[-1] for c in results["skipped_checks"]}
+    if variant == "defaults":
+        assert "RotationFunctionArm64" in scanned
+    else:
+        assert {"RotationFunctionX86", "ExampleAppFunction", "ExampleAppRole"} <= scanned
+
+
+def test_checkov_skips_name_a_check_and_give_a_reason(resources: dict[str, Any]) -> None:
+    skips: dict[str, list[str]] = {}
+    for name, res in resources.items():
+        for skip in res.get("Metadata", {}).get("checkov", {}).get("skip", []):
+            assert re.fullmatch(r"CKV_AWS_\d+", skip["id"]), (name, skip)
+            assert len(skip["comment"]) > 40, (name, skip)
+            skips.setdefault(name, []).append(skip["id"])
+    # the two rotation functions are the same function for two machines
+    assert skips["RotationFunctionArm64"] == skips["RotationFunctionX86"]
+    # nothing the hardening fixed is skipped: KMS on the topic and the log group, the
+    # function's concurrency limit, the function in a VPC, the invoke permission's scope
+    fixed = {"CKV_AWS_26", "CKV_AWS_158", "CKV_AWS_117", "CKV_AWS_364"}
+    assert not fixed & {i for ids in skips.values() for i in ids}
+    for name in rotation_functions(resources):
+        assert "CKV_AWS_115" not in skips[name]
 
 
 # -- the rotation function ---------------------------------------------------------------------
@@ -162,7 +280,8 @@ def test_rotation_function_in_private_subnets_with_own_security_group(
 
     ports = {
         (rule["IpProtocol"], port(rule["FromPort"]), port(rule["ToPort"]))
-        for rule in sg["Properties"]["SecurityGroupEgress"]
+        for item in sg["Properties"]["SecurityGroupEgress"]
+        for rule in branches(item)
     }
     assert ports == {("tcp", "DatabasePort", "DatabasePort"), ("tcp", "443", "443")}
     assert not [
@@ -170,6 +289,147 @@ def test_rotation_function_in_private_subnets_with_own_security_group(
         for r in of_type(resources, "AWS::EC2::SecurityGroupEgress").values()
         if referenced(r["Properties"]["GroupId"]) == {group}
     ]
+
+
+def test_rotation_function_runs_one_invocation_at_a_time(resources: dict[str, Any]) -> None:
+    # two rotation steps of the secret must never race (Secrets Manager retries a throttled one)
+    for name, fn in rotation_functions(resources).items():
+        assert fn["Properties"]["ReservedConcurrentExecutions"] == 1, name
+
+
+def test_rotation_function_logs_to_its_own_log_group_optionally_with_a_customer_key(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    groups = set()
+    for fn in rotation_functions(resources).values():
+        groups |= referenced(fn["Properties"]["LoggingConfig"]["LogGroup"])
+    [group] = groups
+    log_group = resources[group]
+    assert log_group["Type"] == "AWS::Logs::LogGroup"
+    props = log_group["Properties"]
+    assert props["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    assert props["KmsKeyId"] == {
+        "Fn::If": ["HasTopicAndLogsKey", {"Ref": "TopicAndLogsKmsKeyArn"}, NO_VALUE]
+    }
+    assert template["Conditions"]["HasTopicAndLogsKey"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "TopicAndLogsKmsKeyArn"}, ""]}]
+    }
+    # the same key, when given, encrypts the failure topic
+    [topic] = of_type(resources, "AWS::SNS::Topic").values()
+    assert topic["Properties"]["KmsMasterKeyId"] == props["KmsKeyId"]
+    # empty by default; a key ARN, never an alias: not aws/sns, whose key policy cannot let
+    # EventBridge and CloudWatch alarms publish, and Logs takes key ARNs only
+    param = template["Parameters"]["TopicAndLogsKmsKeyArn"]
+    assert param["Default"] == ""
+    pattern = param["AllowedPattern"]
+    assert pattern_accepts(pattern, "")
+    assert pattern_accepts(
+        pattern, "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    )
+    assert pattern_accepts(pattern, "arn:aws:kms:eu-west-1:123456789012:key/mrk-1234abcd12ab34cd")
+    for alias in ("alias/aws/sns", "arn:aws:kms:eu-west-1:123456789012:alias/aws/sns"):
+        assert not pattern_accepts(pattern, alias), alias
+    assert "alias/aws/sns" not in json.dumps(resources)
+
+
+def https_egress(sg: dict[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
+    return [
+        (condition, rule)
+        for condition, rule in conditional_items(sg["Properties"]["SecurityGroupEgress"])
+        if rule["FromPort"] == 443
+    ]
+
+
+def test_https_egress_goes_to_the_endpoints_else_to_an_explicit_cidr(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    conditions = template["Conditions"]
+    sm = {"Condition": "CreateSmEndpoint"}
+    sns = {"Condition": "CreateSnsEp"}
+    assert conditions["CreateSmEndpoint"] == {
+        "Fn::Equals": [{"Ref": "CreateSecretsManagerEndpoint"}, "true"]
+    }
+    assert conditions["CreateSnsEp"] == {"Fn::Equals": [{"Ref": "CreateSnsEndpoint"}, "true"]}
+    [endpoint_group] = {
+        g
+        for r in of_type(resources, "AWS::EC2::VPCEndpoint").values()
+        for g in referenced(r["Properties"]["SecurityGroupIds"][0])
+    }
+    [rotation_group] = {
+        g
+        for fn in rotation_functions(resources).values()
+        for g in referenced(fn["Properties"]["VpcConfig"]["SecurityGroupIds"][0])
+    }
+    # the rotation function reaches Secrets Manager and SNS: the endpoints' group whenever this
+    # stack creates an endpoint, the CIDR only when it does not create both
+    expected = {
+        rotation_group: (
+            {"Fn::Or": [sm, sns]},
+            {"Fn::Not": [{"Fn::And": [sm, sns]}]},
+        ),
+        # applications reach Secrets Manager only
+        "ProxyClientSecurityGroup": (
+            {"Fn::Equals": [{"Ref": "CreateSecretsManagerEndpoint"}, "true"]},
+            {"Fn::Not": [sm]},
+        ),
+    }
+    for group, (to_endpoints, to_cidr) in expected.items():
+        rules = https_egress(resources[group])
+        assert len(rules) == 2, group
+        [(c1, endpoint_rule)] = [(c, r) for c, r in rules if "DestinationSecurityGroupId" in r]
+        [(c2, cidr_rule)] = [(c, r) for c, r in rules if "CidrIp" in r]
+        assert endpoint_rule["DestinationSecurityGroupId"] == {"Ref": endpoint_group}, group
+        assert c1 is not None and conditions[c1] == to_endpoints, group
+        assert cidr_rule["CidrIp"] == {"Ref": "HttpsEgressCidr"}, group
+        assert c2 is not None and conditions[c2] == to_cidr, group
+        # the endpoints let the group in
+        assert [
+            r
+            for r in of_type(resources, "AWS::EC2::SecurityGroupIngress").values()
+            if r["Properties"]["GroupId"] == {"Ref": endpoint_group}
+            and r["Properties"]["SourceSecurityGroupId"] == {"Ref": group}
+            and r["Properties"]["FromPort"] == 443
+        ], group
+    # nowhere a literal open destination
+    assert "0.0.0.0/0" not in json.dumps(resources)
+    assert "::/0" not in json.dumps(resources)
+    # HttpsEgressCidr: no default destination, and required whenever a CIDR rule exists
+    param = template["Parameters"]["HttpsEgressCidr"]
+    assert param["Default"] == ""
+    assert pattern_accepts(param["AllowedPattern"], "10.0.0.0/16")
+    assert not pattern_accepts(param["AllowedPattern"], "sg-0123456789abcdef0")
+    rule = template["Rules"]["HttpsEgressNeedsDestination"]
+    assert rule["RuleCondition"] == {
+        "Fn::Or": [
+            {"Fn::Equals": [{"Ref": "CreateSecretsManagerEndpoint"}, "false"]},
+            {"Fn::Equals": [{"Ref": "CreateSnsEndpoint"}, "false"]},
+        ]
+    }
+    assert [a["Assert"] for a in rule["Assertions"]] == [
+        {"Fn::Not": [{"Fn::Equals": [{"Ref": "HttpsEgressCidr"}, ""]}]}
+    ]
+
+
+def test_every_security_group_rule_has_a_description(resources: dict[str, Any]) -> None:
+    # in every Fn::If branch too: checkov's CKV_AWS_23 cannot see those (skipped in the template)
+    seen = 0
+    for name, res in resources.items():
+        props = res.get("Properties", {})
+        if res["Type"] == "AWS::EC2::SecurityGroup":
+            rules = [
+                rule
+                for key in ("SecurityGroupIngress", "SecurityGroupEgress")
+                for item in props.get(key, [])
+                for rule in branches(item)
+            ]
+        elif res["Type"] in ("AWS::EC2::SecurityGroupIngress", "AWS::EC2::SecurityGroupEgress"):
+            rules = [props]
+        else:
+            continue
+        for rule in rules:
+            assert isinstance(rule.get("Description"), str) and rule["Description"], (name, rule)
+            seen += 1
+    assert seen >= 12
 
 
 def test_rotation_function_environment(template: dict[str, Any], resources: dict[str, Any]) -> None:
@@ -194,6 +454,29 @@ def test_rotation_function_environment(template: dict[str, Any], resources: dict
         "alternating-users",
         "single-user",
     ]
+
+
+def test_endpoint_url_parameters_accept_https_only(template: dict[str, Any]) -> None:
+    urls = {n: p for n, p in template["Parameters"].items() if n.lower().endswith("url")}
+    assert "SecretsManagerEndpointUrl" in urls
+    for name, param in urls.items():
+        pattern = param["AllowedPattern"]
+        assert pattern_accepts(pattern, ""), name  # empty: the regional default
+        for good in (
+            "https://vpce-0123abcd-4567efgh.secretsmanager.eu-west-1.vpce.amazonaws.com",
+            "https://secretsmanager.eu-west-1.amazonaws.com:443/",
+        ):
+            assert pattern_accepts(pattern, good), (name, good)
+        for bad in (
+            "http://secretsmanager.eu-west-1.amazonaws.com",
+            "HTTP://secretsmanager.eu-west-1.amazonaws.com",
+            "ftp://secretsmanager.eu-west-1.amazonaws.com",
+            "secretsmanager.eu-west-1.amazonaws.com",
+            "https://",
+            "https://user@evil.example",
+            " https://secretsmanager.eu-west-1.amazonaws.com",
+        ):
+            assert not pattern_accepts(pattern, bad), (name, bad)
 
 
 def test_secrets_manager_vpc_endpoint_is_optional_with_private_dns(
@@ -286,17 +569,57 @@ def test_rotation_role_rotates_that_secret_only(
         "Fn::Equals": [{"Ref": "RotationStrategy"}, "alternating-users"]
     }
 
-    # KMS only when customer keys are given, and only through Secrets Manager
-    [kms] = [s for s in grants if any(a.startswith("kms:") for a in as_list(s["Action"]))]
-    assert kms["Resource"] == {"Ref": "KmsKeyArns"}
-    assert "kms:ViaService" in kms["Condition"]["StringEquals"]
-    [if_kms] = [
-        s["Fn::If"]
-        for doc in role["Policies"]
-        for s in doc["PolicyDocument"]["Statement"]
-        if isinstance(s, dict) and "Fn::If" in s and s["Fn::If"][1] == kms
+    # KMS only when customer keys are given, only through Secrets Manager, and only for data
+    # keys of that secret (Secrets Manager puts the secret's ARN in the encryption context)
+    def guarded_by(statement: dict[str, Any]) -> str:
+        [if_kms] = [
+            s["Fn::If"]
+            for doc in role["Policies"]
+            for s in doc["PolicyDocument"]["Statement"]
+            if isinstance(s, dict) and "Fn::If" in s and s["Fn::If"][1] == statement
+        ]
+        assert if_kms[2] == NO_VALUE
+        return str(if_kms[0])
+
+    via_secrets_manager = {"Fn::Sub": "secretsmanager.${AWS::Region}.${AWS::URLSuffix}"}
+    secret_keys = [s for s in grants if s["Resource"] == {"Ref": "KmsKeyArns"}]
+    [kms] = [s for s in secret_keys if "kms:GenerateDataKey" in as_list(s["Action"])]
+    assert sorted(as_list(kms["Action"])) == ["kms:Decrypt", "kms:GenerateDataKey"]
+    assert kms["Condition"] == {
+        "StringEquals": {
+            "kms:ViaService": via_secrets_manager,
+            "kms:EncryptionContext:SecretARN": {"Ref": "SecretArn"},
+        }
+    }
+    assert guarded_by(kms) == "HasKmsKeys"
+    # the master secret's versions: decrypt only, with its own ARN, for alternating-users only
+    [master_kms] = [s for s in secret_keys if s is not kms]
+    assert as_list(master_kms["Action"]) == ["kms:Decrypt"]
+    assert master_kms["Condition"] == {
+        "StringEquals": {
+            "kms:ViaService": via_secrets_manager,
+            "kms:EncryptionContext:SecretARN": {"Ref": "MasterSecretArn"},
+        }
+    }
+    master_condition = template["Conditions"][guarded_by(master_kms)]
+    assert sorted(master_condition["Fn::And"], key=str) == [
+        {"Condition": "HasKmsKeys"},
+        {"Condition": "ReadsMasterSecret"},
     ]
-    assert if_kms[0] == "HasKmsKeys" and if_kms[2] == NO_VALUE
+    # the only other KMS grant: the failure topic's key, through SNS, for that topic
+    [topic_kms] = [
+        s
+        for s in grants
+        if s not in secret_keys and any(a.startswith("kms:") for a in as_list(s["Action"]))
+    ]
+    assert topic_kms["Resource"] == {"Ref": "TopicAndLogsKmsKeyArn"}
+    assert topic_kms["Condition"] == {
+        "StringEquals": {
+            "kms:ViaService": {"Fn::Sub": "sns.${AWS::Region}.${AWS::URLSuffix}"},
+            "kms:EncryptionContext:aws:sns:topicArn": {"Ref": "FailureTopic"},
+        }
+    }
+    assert guarded_by(topic_kms) == "HasTopicAndLogsKey"
 
     # no other secretsmanager permission, and only the VPC-access managed policy
     assert {a for a in by_action if a.startswith("secretsmanager:")} == {
@@ -328,6 +651,8 @@ def test_secrets_manager_may_invoke_the_function_from_this_account(
     assert props["Principal"] == "secretsmanager.amazonaws.com"
     assert props["Action"] == "lambda:InvokeFunction"
     assert props["SourceAccount"] == {"Ref": "AWS::AccountId"}
+    # ... and on behalf of the rotated secret only (no confused deputy through another secret)
+    assert props["SourceArn"] == {"Ref": "SecretArn"}
     assert referenced(props["FunctionName"]) == set(rotation_functions(resources))
 
 
@@ -478,6 +803,16 @@ def test_example_app_reads_through_the_proxy_with_get_secret_value_only(
     ]
     others = {a for s in granted for a in as_list(s["Action"])} - {"secretsmanager:GetSecretValue"}
     assert others <= {"kms:Decrypt", "rds-db:connect"}
+
+    # IAM logins to this proxy as its own database user only, never as any user (dbuser:.../*)
+    [connect] = [s for s in granted if as_list(s["Action"]) == ["rds-db:connect"]]
+    arn, variables = connect["Resource"]["Fn::Sub"]
+    assert arn.endswith(":dbuser:${ProxyId}/${ExampleAppDbUser}"), arn
+    assert arn.startswith("arn:${AWS::Partition}:rds-db:${AWS::Region}:${AWS::AccountId}:"), arn
+    assert "*" not in arn
+    assert variables == {
+        "ProxyId": {"Fn::Select": [6, {"Fn::Split": [":", {"Fn::GetAtt": [proxy, "DBProxyArn"]}]}]}
+    }
 
 
 # -- outputs and documentation -----------------------------------------------------------------
