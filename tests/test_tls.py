@@ -74,8 +74,11 @@ def test_system_trust_store_resolution(
     monkeypatch.setattr(tls, "_SYSTEM_BUNDLES", (str(bundle),))
     assert system_trust_file({}) == str(bundle)
     monkeypatch.setattr(tls, "_SYSTEM_BUNDLES", (str(tmp_path / "none.pem"),))
-    certifi = pytest.importorskip("certifi")
-    assert system_trust_file({}) == certifi.where()
+    found = system_trust_file({})  # certifi's bundle, else botocore's
+    assert found.endswith("cacert.pem") and Path(found).is_file()
+    monkeypatch.setattr(tls, "_mozilla_bundles", lambda: [str(tmp_path / "none.pem")])
+    with pytest.raises(ConfigurationError, match="DBCREDS_SSLROOTCERT"):
+        system_trust_file({})
 
 
 def test_psycopg_binary_openssl_finds_no_system_roots_by_itself(tmp_path: Path) -> None:

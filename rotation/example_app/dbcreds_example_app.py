@@ -6,7 +6,8 @@ all environment, set by the template:
 
 * ``DBCREDS_SECRET_ID``: the secret's ARN (the function may only GetSecretValue on it);
 * ``DBCREDS_HOST``: the RDS Proxy endpoint, which replaces the host written in the secret;
-* ``DBCREDS_SSLMODE``: ``require`` (the proxy requires TLS).
+* TLS: nothing to set. dbcreds verifies the proxy (``verify-full``) against the system trust
+  store, which holds the public Amazon roots the proxy's certificate chains to.
 
 The pool behind ``dbcreds.get_connection()`` lives at module scope in dbcreds and survives
 between invocations; a rotation is absorbed by dbcreds (refetch and bounded retry), so this

@@ -38,9 +38,9 @@ was linked with for its default paths; the OpenSSL bundled in ``psycopg[binary]`
 ``/usr/lib/psycopg-openssl`` (its build's OPENSSLDIR), which no distribution and no Lambda
 runtime has, so every verification would fail. dbcreds therefore resolves "system" itself to a
 PEM file: ``SSL_CERT_FILE`` if set, else the first bundle that exists among the distributions'
-well-known paths (Debian/Ubuntu, Amazon Linux/RHEL/Fedora, SUSE, Alpine), else ``certifi``'s
-Mozilla bundle when it is installed. Both hold the Amazon roots that RDS Proxy's certificates
-chain to, and neither holds the RDS CA.
+well-known paths (Debian/Ubuntu, Amazon Linux/RHEL/Fedora, SUSE, Alpine), else the Mozilla
+bundle of ``certifi`` or of ``botocore`` (which ships one, and is wherever boto3 is). All hold
+the Amazon roots that RDS Proxy's certificates chain to, and none holds the RDS CA.
 """
 
 from __future__ import annotations
@@ -122,15 +122,28 @@ def system_trust_file(environ: Mapping[str, str] | None = None) -> str:
     for path in _SYSTEM_BUNDLES:
         if os.path.isfile(path):
             return path
-    try:
-        import certifi  # the Mozilla bundle, where the system has none
-    except ImportError:
-        raise ConfigurationError(
-            "no system trust store was found (no CA bundle in the usual places, no certifi): "
-            "set DBCREDS_SSLROOTCERT (or sslrootcert=) to the CA bundle that signs the server's "
-            "certificate, or SSL_CERT_FILE to a PEM bundle of trusted CAs"
-        ) from None
-    return str(certifi.where())
+    for bundle in _mozilla_bundles():
+        if os.path.isfile(bundle):
+            return bundle
+    raise ConfigurationError(
+        "no system trust store was found (no CA bundle in the usual places, no certifi or "
+        "botocore bundle): set DBCREDS_SSLROOTCERT (or sslrootcert=) to the CA bundle that "
+        "signs the server's certificate, or SSL_CERT_FILE to a PEM bundle of trusted CAs"
+    )
+
+
+def _mozilla_bundles() -> list[str]:
+    """Mozilla's roots as Python packages ship them, where the system has none: certifi's,
+    then botocore's own copy (present wherever boto3 is, as on Lambda). Found without
+    importing either (``find_spec`` only locates the package)."""
+    import importlib.util
+
+    found = []
+    for package, name in (("certifi", "cacert.pem"), ("botocore", "cacert.pem")):
+        spec = importlib.util.find_spec(package)
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            found.append(os.path.join(folder, name))
+    return found
 
 
 def libpq_supports_policy() -> bool:
