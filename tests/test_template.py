@@ -446,6 +446,12 @@ def test_rotation_function_environment(template: dict[str, Any], resources: dict
             assert env[var] == {
                 "Fn::If": ["HasSmEndpointUrl", {"Ref": "SecretsManagerEndpointUrl"}, NO_VALUE]
             }, (name, var)
+        # the master secret is the operator's choice, never the rotated secret's
+        assert env["DBCREDS_ROTATION_MASTER_SECRET_ARN"] == {
+            "Fn::If": ["HasMasterSecret", {"Ref": "MasterSecretArn"}, NO_VALUE]
+        }, name
+    # TLS: no downgrade through the template
+    assert "disable" not in params["RotationSslMode"]["AllowedValues"]
     # the template's defaults are the library's
     assert params["ExcludeCharacters"]["Default"] == DEFAULT_EXCLUDE_CHARACTERS
     assert int(params["PasswordLength"]["Default"]) == DEFAULT_PASSWORD_LENGTH
@@ -793,6 +799,7 @@ def test_example_app_reads_through_the_proxy_with_get_secret_value_only(
     }
     [proxy] = of_type(resources, "AWS::RDS::DBProxy")
     assert env["DBCREDS_HOST"] == {"Fn::GetAtt": [proxy, "Endpoint"]}
+    assert "DBCREDS_SSLMODE" not in env  # verify-full, the default: nothing may lower it
     assert props["VpcConfig"]["SubnetIds"] == {"Ref": "PrivateSubnetIds"}
 
     [role] = referenced(props["Role"])
