@@ -11,7 +11,12 @@ from typing import Any
 
 import pytest
 
-from dbcreds import AuthenticationFailed, SecretProvider, SecretsManagerUnavailable
+from dbcreds import (
+    AuthenticationFailed,
+    SecretProvider,
+    SecretsManagerUnavailable,
+    UntrustedServer,
+)
 from dbcreds.login import LoginPolicy, Try, Wait, drive
 
 
@@ -192,3 +197,32 @@ def test_retrying_is_true_only_while_a_login_waits_out_a_refusal() -> None:
     with pytest.raises(StopIteration):
         plan.send(None)  # logged in
     assert not policy.retrying
+
+
+@pytest.mark.parametrize(("message", "error"), [
+    ('FATAL:  password authentication failed for user "u"', AuthenticationFailed),
+    ("SSL error: certificate verify failed", UntrustedServer),
+])
+def test_a_login_failure_carries_no_chain_to_the_drivers_error(
+    message: str, error: type[Exception]
+) -> None:
+    """The driver's error holds the connection parameters (password included: psycopg's
+    pgconn, the frames' locals): the error callers get must not chain to it."""
+    sm, clock = FakeSM(), Clock()
+    sm.put("AWSCURRENT", "v1", "s3cret-password")
+
+    class Leaky(Exception):
+        def __init__(self, text: str, password: str) -> None:
+            super().__init__(text)
+            self.password = password
+
+    def attempt(secret: Any) -> str:
+        raise Leaky(message, secret.password)
+
+    with pytest.raises(error) as info:
+        drive(LoginPolicy(provider(sm, clock)).plan(), attempt, lambda _s: None)
+    assert info.value.__cause__ is None and info.value.__context__ is None
+    import traceback
+
+    text = "".join(traceback.format_exception(info.value))
+    assert "s3cret-password" not in text

@@ -22,6 +22,7 @@ import pytest
 from psycopg import sql
 
 from dbcreds.rotation import (
+    RotationError,
     RotationStateError,
     RotationStep,
     TestSecretFailed,
@@ -503,3 +504,54 @@ def test_awspending_cannot_switch_to_another_master(stack: Any, sm: Any) -> None
     with pytest.raises(UnsafeRolePair, match="another master secret"):
         run_step(scene.event(RotationStep.SET, token), client=sm)
     watch.assert_unchanged(published=1, absent=(name + "_clone",))
+
+
+# -- the pair must be the secret's own ---------------------------------------------------------
+
+@pytest.mark.parametrize("direction", ["the victim", "the victim's clone name"])
+def test_a_secret_cannot_name_another_applications_role(
+    stack: Any, sm: Any, direction: str
+) -> None:
+    """Another application's unprivileged role, named by a secret that holds no password for
+    it: setSecret would reset its password (or clone it) as the master. Refused unchanged."""
+    scene = Scene.create(stack, sm)
+    victim = f"victim_{secrets.token_hex(4)}"
+    make_role(stack, victim, _password())  # its password is not in the secret
+    scene.grant_admin(victim)
+    named = victim if direction == "the victim" else victim + "_clone"
+    scene.app_secret(named, "Guessed-" + secrets.token_urlsafe(12), admin=False)
+    watch = Watch(scene)
+    assert not watch.current_logged_in
+    error = refused_by_database(scene, "not-owned")
+    assert "Nothing was changed" in str(error)
+    watch.assert_unchanged(published=1, absent=(victim + "_clone",))
+
+
+def test_an_unrelated_role_with_the_clone_name_is_not_taken(stack: Any, sm: Any) -> None:
+    """``<user>_clone`` exists but is not a member of ``<user>``: someone else's role."""
+    scene = Scene.create(stack, sm)
+    make_role(stack, name := f"esc_{secrets.token_hex(4)}", password := _password())
+    make_role(stack, name + "_clone", _password())  # not a member of name
+    scene.grant_admin(name + "_clone")
+    scene.app_secret(name, password)
+    watch = Watch(scene)
+    refused_by_database(scene, "not-a-pair")
+    watch.assert_unchanged(published=1)
+
+
+def test_test_and_finish_check_where_awspending_points(stack: Any, sm: Any) -> None:
+    """An AWSPENDING for another server (here: the same one by another name, so that a wrong
+    check would only reach this machine) is refused by testSecret and finishSecret too."""
+    scene = Scene.create(stack, sm)
+    make_role(stack, name := f"esc_{secrets.token_hex(4)}", password := _password())
+    scene.app_secret(name, password)
+    token = stack.secrets.register_pending(scene.secret_id)
+    elsewhere = stack.secret_doc(name + "_clone", "Chosen-" + secrets.token_urlsafe(12),
+                                 masterarn=scene.master_arn, host="localhost")
+    sm.put_secret_value(SecretId=scene.secret_id, ClientRequestToken=token,
+                        VersionStages=["AWSPENDING"], SecretString=json.dumps(elsewhere))
+    watch = Watch(scene)
+    for step in (RotationStep.TEST, RotationStep.FINISH):
+        with pytest.raises(RotationError, match="server"):
+            run_step(scene.event(step, token), client=sm)
+    watch.assert_unchanged(published=2)

@@ -140,10 +140,12 @@ def test_tls_default_is_channel_binding_without_a_ca_and_verify_full_with_one() 
     assert (policy.sslmode, policy.source) == ("require", "default without a CA")
     assert policy.params == {
         "sslmode": "require", "channel_binding": "require", "require_auth": "scram-sha-256",
+        "gssencmode": "disable",
     }  # fmt: skip
     with_ca = tls_policy(_secret(), RotationSettings(sslrootcert="/ca.pem"))
     assert with_ca.params == {
         "sslmode": "verify-full", "sslrootcert": "/ca.pem", "require_auth": "scram-sha-256,md5",
+        "gssencmode": "disable",
     }  # fmt: skip
     assert with_ca.verified and with_ca.downgrade is None
 
@@ -160,7 +162,8 @@ def test_the_secret_may_strengthen_tls_never_weaken_it() -> None:
     env = tls_policy(_secret(ssl=False), RotationSettings(sslmode="require"))
     assert (env.sslmode, env.source) == ("require", "DBCREDS_ROTATION_SSLMODE")
     off = tls_policy(_secret(), RotationSettings(sslmode="disable"))
-    assert off.params == {"sslmode": "disable", "require_auth": "scram-sha-256"}
+    assert off.params == {"sslmode": "disable", "require_auth": "scram-sha-256",
+                          "gssencmode": "disable"}
     assert off.downgrade is not None and "DBCREDS_ROTATION_SSLMODE" in off.downgrade
 
 

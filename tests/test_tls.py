@@ -29,7 +29,10 @@ CHANNEL_BINDING = {"sslmode": "require", "channel_binding": "require",
     (None, None, False, None, CHANNEL_BINDING),
     (None, "/ca.pem", False, None, {"sslmode": "verify-full", "sslrootcert": "/ca.pem",
                                     **PASSWORD_VERIFIED}),
-    ("verify-ca", "/ca.pem", True, None, {"sslmode": "verify-ca", "sslrootcert": "/ca.pem"}),
+    # verify-ca: no host name check, so SCRAM channel binding as well, and a logged downgrade
+    ("verify-ca", "/ca.pem", False, None, {"sslmode": "verify-ca", "sslrootcert": "/ca.pem",
+                                           "channel_binding": "require",
+                                           "require_auth": "scram-sha-256"}),
     ("Verify-Full", "system", False, None, {"sslmode": "verify-full", "sslrootcert": "SYSTEM",
                                             **PASSWORD_VERIFIED}),
     ("require", "/ca.pem", False, "system", CHANNEL_BINDING),
@@ -40,9 +43,22 @@ def test_policy_table(
 ) -> None:
     policy = login_tls(sslmode=sslmode, sslrootcert=root, token=token, default_trust=default)
     expected = {k: system_trust_file() if v == "SYSTEM" else v for k, v in expected.items()}
-    assert dict(policy.params) == expected
+    assert dict(policy.params) == {**expected, "gssencmode": "disable"}
     assert policy.verified == expected["sslmode"].startswith("verify")
-    assert (policy.downgrade is not None) == (expected["sslmode"] == "disable")
+    assert (policy.downgrade is not None) == (expected["sslmode"] in ("disable", "verify-ca"))
+
+
+@pytest.fixture(autouse=True)
+def _no_libpq_ca(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PGSSLROOTCERT counts as a configured CA: these tests set what they mean explicitly."""
+    monkeypatch.delenv("PGSSLROOTCERT", raising=False)
+
+
+def test_pgsslrootcert_is_a_configured_ca(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGSSLROOTCERT", "/etc/rds/global-bundle.pem")
+    policy = login_tls(sslmode=None, sslrootcert=None, default_trust=None)
+    assert (policy.sslmode, policy.params["sslrootcert"]) == (
+        "verify-full", "/etc/rds/global-bundle.pem")
 
 
 @pytest.mark.parametrize(("sslmode", "root", "token", "default", "match"), [
@@ -53,6 +69,9 @@ def test_policy_table(
     ("disable", None, True, "system", "verified server"),
     (None, None, True, None, "verified server"),
     ("verify-full", None, False, None, "needs a CA bundle"),
+    ("verify-ca", "/ca.pem", True, None, "needs verify-full"),
+    ("verify-ca", None, False, "system", "any holder of any public certificate"),
+    ("verify-ca", "system", False, None, "any holder of any public certificate"),
 ])  # fmt: skip
 def test_policy_refusals(
     sslmode: str | None, root: str | None, token: bool, default: Any, match: str
@@ -99,6 +118,30 @@ def test_a_pool_refuses_an_old_libpq(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(psycopg.pq, "version", lambda: 150008)
     with pytest.raises(ConfigurationError, match="libpq 16"):
         CredentialPool(SecretProvider("prod/app"), open=False)
+    with pytest.raises(ConfigurationError, match="libpq 16"):  # the rotation and check too
+        login_tls(sslmode=None, sslrootcert="/ca.pem", default_trust=None)
+
+
+@pytest.mark.parametrize("host", ["/var/run/postgresql", "@abstract", "", "db.example,/tmp"])
+def test_unix_sockets_are_refused(host: str) -> None:
+    """libpq never uses TLS on a socket: whoever can create the socket file would get the
+    login. The secret's host, DBCREDS_HOST and every entry of a host list are checked."""
+    policy = login_tls(sslmode=None, sslrootcert="/ca.pem")
+    with pytest.raises(ConfigurationError, match="Unix-domain socket"):
+        tls.check_hosts({"host": host}, policy)
+    tls.check_hosts({"host": "db.example.com,10.0.0.1"}, policy)  # TCP hosts are fine
+    off = login_tls(sslmode="disable", sslrootcert=None)
+    tls.check_hosts({"host": host}, off)  # explicit and logged: a local socket in development
+
+
+def test_a_pool_fails_fast_on_a_socket_host(aws_env: dict[str, str], app: Any) -> None:
+    pool = CredentialPool(SecretProvider(app.secret_id), host="/tmp", min_size=1, max_size=1,
+                          timeout=15)
+    try:
+        with pytest.raises(UntrustedServer, match="Unix-domain socket"), pool.connection():
+            pass
+    finally:
+        pool.close()
 
 
 # -- against the stack ------------------------------------------------------------------------

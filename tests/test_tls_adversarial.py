@@ -159,12 +159,14 @@ def _fails_fast_with_what_to_configure(exc: BaseException, started: float) -> No
 
 @pytest.mark.parametrize("sslmode", [None, "require", "verify-ca"])
 def test_sync_pool_sends_nothing_secret(
-    impostor: FakeServer, app: Any, defaults: None, sslmode: str | None
+    impostor: FakeServer, stack: Any, app: Any, defaults: None, sslmode: str | None
 ) -> None:
-    """The default (verify-full), ``require`` (SCRAM channel binding) and ``verify-ca``."""
+    """The default (verify-full), ``require`` (SCRAM channel binding) and ``verify-ca`` (with
+    a CA bundle of its own: the stack's, which did not sign the impostor's certificate)."""
     pool = CredentialPool(SecretProvider(app.secret_id), host=impostor.host,
                           port=impostor.port, sslmode=sslmode, min_size=1, max_size=1,
-                          timeout=20)
+                          timeout=20,
+                          sslrootcert=stack.ca_file if sslmode == "verify-ca" else None)
     started = time.monotonic()
     try:
         with pytest.raises(UntrustedServer) as info, pool.connection():

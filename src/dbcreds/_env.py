@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Literal, overload
 
 from .errors import ConfigurationError
+from .tls import SSLMODES  # the sslmodes dbcreds accepts: the TLS policy's own list
 
 __all__ = [
     "LOG_LEVELS",
@@ -38,8 +39,6 @@ __all__ = [
 
 Env = Mapping[str, str]
 
-#: libpq sslmodes dbcreds accepts; ``allow`` and ``prefer`` can fall back to plaintext silently.
-SSLMODES = ("disable", "require", "verify-ca", "verify-full")
 #: ``logging`` level names accepted for ``LOG_LEVEL``.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 

@@ -44,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
                        "(e.g. the RDS Proxy endpoint)")
     check.add_argument("--port", type=int, help="... and this port")
     check.add_argument("--dbname", help="... and this database")
-    check.add_argument("--sslmode", choices=("verify-full", "verify-ca", "require", "disable"),
+    from .tls import SSLMODES  # stdlib only: cheap
+
+    check.add_argument("--sslmode", choices=SSLMODES,
                        help="TLS: default DBCREDS_SSLMODE, else verify-full (see dbcreds.tls)")
     check.add_argument("--sslrootcert", metavar="PEM",
                        help="CA bundle of the server (default DBCREDS_SSLROOTCERT, else the "
@@ -97,7 +99,7 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from ._aws import client_error_code, new_client, secret_call
     from .errors import DbcredsError, classify_tls_failure
     from .secret import DbSecret
-    from .tls import login_tls
+    from .tls import check_hosts, login_tls
 
     try:
         sslmode = args.sslmode or _env.sslmode(os.environ, "DBCREDS_SSLMODE")
@@ -132,8 +134,7 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         tls = login_tls(
             sslmode=sslmode,
-            sslrootcert=args.sslrootcert or os.environ.get("DBCREDS_SSLROOTCERT")
-            or os.environ.get("PGSSLROOTCERT") or None,
+            sslrootcert=args.sslrootcert or os.environ.get("DBCREDS_SSLROOTCERT") or None,
             source="--sslmode / DBCREDS_SSLMODE",
             ca_setting="--sslrootcert (or DBCREDS_SSLROOTCERT)",
         )
@@ -144,6 +145,11 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"WARNING: {tls.downgrade}", file=err)
     kwargs.update(tls.params)
     try:
+        check_hosts(kwargs, tls)
+    except DbcredsError as exc:
+        print(f"FAILED: {label} was not sent to {where}: {exc}", file=err)
+        return 1
+    try:
         import psycopg
 
         with psycopg.connect(**kwargs, connect_timeout=max(1, round(args.timeout)),
@@ -153,7 +159,7 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except Exception as exc:
         from .rotation.exceptions import scrub
 
-        reason = scrub(" ".join(str(exc).split()), [secret.password])
+        reason = " ".join(scrub(str(exc), [secret.password]).split())
         hint = classify_tls_failure(exc, "--sslrootcert, or DBCREDS_SSLROOTCERT")
         if hint is not None:  # libpq stopped before the password left
             print(f"FAILED: {label} was not sent to {where} (TLS {tls.describe()}): {reason}. "

@@ -159,7 +159,16 @@ class IamAuthSource:
     # -- ConnectParamsPolicy --------------------------------------------------------------
 
     def connect_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Keep each login on the endpoint the token is signed for (TLS: ``dbcreds.tls``)."""
+        """Keep each login on the endpoint the token is signed for, over verified TLS.
+
+        The pools' TLS policy (``dbcreds.tls``) already sets verify-full for a token source;
+        this is the source's own, second check that nothing lowered it on the way.
+        """
+        if params.get("sslmode") != "verify-full":
+            raise ConfigurationError(
+                f"the IAM auth tokens of {self.secret_id!r} go only to a server verified with "
+                f"sslmode=verify-full, not {params.get('sslmode')!r}"
+            )
         host = params.get("host")
         port = params.get("port")
         if (host is not None and str(host) != self.host) or (

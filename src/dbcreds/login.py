@@ -43,6 +43,7 @@ from .errors import (
     UntrustedServer,
     classify_auth_failure,
     classify_tls_failure,
+    raise_clean,
 )
 from .secret import DbSecret
 
@@ -92,7 +93,7 @@ class ConnectParamsPolicy(Protocol):
 
     ``connect_params`` gets the complete psycopg parameters of one attempt (conninfo merged
     in) and returns them, possibly changed, or raises `ConfigurationError`. The IAM source
-    uses it to force TLS and to keep the host the token was signed for.
+    uses it to check that a token goes to a verified server on the endpoint it was signed for.
     """
 
     def connect_params(self, params: dict[str, Any]) -> dict[str, Any]: ...
@@ -172,9 +173,11 @@ class LoginPolicy:
                 if kind is None:
                     hint = classify_tls_failure(error)
                     if hint is not None:  # libpq kept the credentials: configuration, not luck
-                        raise UntrustedServer(
+                        # Not chained: the driver's error holds the connection parameters
+                        # (password included) in its pgconn and its traceback's frames.
+                        raise_clean(UntrustedServer(
                             self.provider.secret_id, "the server", _first_line(error), hint
-                        ) from error
+                        ))
                     raise error  # not a refusal: the pool's own reconnect policy applies
                 tried.append(
                     f"{step.stage} (version {step.secret.version_id}): {_first_line(error)}"
@@ -195,9 +198,9 @@ class LoginPolicy:
                     refused.clear()
                     step = self.first_choice()
                     continue
-                raise AuthenticationFailed(
+                raise_clean(AuthenticationFailed(  # not chained: see UntrustedServer above
                     self.provider.secret_id, "; ".join(dict.fromkeys(tried))
-                ) from error
+                ))
         finally:
             if retrying:
                 self._count_retrying(-1)

@@ -20,7 +20,6 @@ not refusals (database down, network) keep psycopg_pool's behaviour.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import Any
@@ -33,7 +32,7 @@ from .config import Settings
 from .errors import AuthenticationFailed, ConfigurationError, DbcredsError, UntrustedServer
 from .login import ConnectParamsPolicy, CredentialSource, LoginPolicy, drive
 from .secret import DbSecret
-from .tls import TlsPolicy, libpq_supports_policy, login_tls, tls_params_of
+from .tls import TlsPolicy, check_hosts, login_tls, tls_params_of
 
 __all__ = [
     "LOGIN_FAILURES", "CredentialPool", "PoolLogin", "close_default_pool", "default_pool",
@@ -81,7 +80,8 @@ class PoolLogin:
         self._policy = source if isinstance(source, ConnectParamsPolicy) else None
         if self._policy is not None:  # refuse a configuration the source refuses, now
             self._policy.connect_params(
-                {**conninfo_to_dict(conninfo), **connect_kwargs, **self.overrides}
+                {**conninfo_to_dict(conninfo), **connect_kwargs, **self.overrides,
+                 **self.tls.params}
             )
         self._failure: DbcredsError | None = None
         self._lock = threading.Lock()
@@ -97,22 +97,12 @@ class PoolLogin:
         """The one TLS policy of this pool's logins (``dbcreds.tls``).
 
         ``sslmode``/``sslrootcert`` may come from the parameters, the ``kwargs`` or the
-        conninfo (in that order of precedence); libpq's ``PGSSLROOTCERT`` names a CA too.
-        ``PGSSLMODE`` is never read: the policy always sets sslmode itself, so no environment
-        variable of libpq's can turn TLS off behind the operator's back.
+        conninfo (in that order of precedence).
         """
-        if not libpq_supports_policy():
-            import psycopg
-
-            raise ConfigurationError(
-                f"dbcreds needs libpq 16 or later (require_auth, sslrootcert=system), but "
-                f"psycopg uses libpq {psycopg.pq.version()}: install psycopg[binary] (it "
-                "bundles a recent libpq) or a newer libpq"
-            )
         named = {**conninfo_to_dict(conninfo), **kwargs}
         mode, root = tls_params_of(named)
         mode = sslmode or mode
-        root = sslrootcert or root or os.environ.get("PGSSLROOTCERT") or None
+        root = sslrootcert or root
         return login_tls(
             sslmode=mode,
             sslrootcert=root,
@@ -134,6 +124,11 @@ class PoolLogin:
     ) -> tuple[str, dict[str, Any]]:
         """(conninfo, kwargs) for ``connect`` logging in with *secret*."""
         params = {**kwargs, **secret.connect_kwargs(), **self.overrides, **self.tls.params}
+        try:
+            check_hosts({**conninfo_to_dict(conninfo), **params}, self.tls)
+        except ConfigurationError as exc:  # configuration: every caller is told at once
+            raise UntrustedServer(self.source.secret_id, f"host {params.get('host')!r}",
+                                  "a Unix-domain socket", str(exc)) from None
         if self._policy is None:
             return conninfo, params
         # The source sees everything, conninfo included (psycopg lets kwargs win over it).

@@ -15,13 +15,18 @@ nothing             ``sslmode=verify-full`` against the *default trust*: for the
                     binding, below.
 ``sslrootcert``     ``verify-full`` against that CA bundle (the RDS CA bundle for a database
                     endpoint), or ``system``: the system trust store.
-``verify-ca``,      as asked, against ``sslrootcert`` or the default trust.
-``verify-full``
+``verify-full``     as asked, against ``sslrootcert`` or the default trust.
+``verify-ca``       the certificate is checked against the CA, not the host name: a weaker
+                    setting, logged as a warning. It needs an explicit CA bundle (with the
+                    system store any holder of any public certificate would pass), a password
+                    login also demands SCRAM channel binding, and IAM tokens are refused.
 ``require``         TLS without a CA. A password login then demands SCRAM with channel binding
                     (``channel_binding=require``): the server must prove that it holds the
                     password's SCRAM verifier over this very TLS session, so a man in the middle
-                    learns nothing it can use. An IAM token is sent as a cleartext password:
-                    refused (`ConfigurationError`).
+                    can neither relay the login nor replay what it sees (an impostor answering
+                    the exchange itself could only guess the password offline, which the long
+                    random passwords of rotation defeat). An IAM token is sent as a cleartext
+                    password: refused (`ConfigurationError`).
 ``disable``         no TLS: an explicit downgrade, for local development only. Logged as a
                     warning (by the pools at every start). A password still never travels in
                     clear (SCRAM only); an IAM token is refused.
@@ -30,8 +35,13 @@ nothing             ``sslmode=verify-full`` against the *default trust*: for the
 ==================  ============================================================================
 
 A password login never accepts a cleartext password exchange (libpq's ``require_auth``:
-SCRAM-SHA-256 or MD5 under verified TLS; SCRAM only otherwise), so a server that asks for the
-password in clear gets nothing, whatever its certificate.
+SCRAM-SHA-256 or MD5 under verify-full; SCRAM only otherwise), so a server that asks for the
+password in clear gets nothing, whatever its certificate. Logins over a Unix-domain socket
+(a host that is a path, or empty) are refused unless TLS is explicitly disabled: libpq never
+uses TLS there, and whoever can create the socket file would receive the login. GSSAPI
+encryption is switched off (``gssencmode=disable``): TLS is the one channel dbcreds checks.
+``PGSSLROOTCERT`` (libpq's own variable) counts as a configured CA bundle; ``PGSSLMODE``
+is never read (the policy always sets ``sslmode``).
 
 **Which roots "system" means.** libpq's own ``sslrootcert=system`` asks the OpenSSL that libpq
 was linked with for its default paths; the OpenSSL bundled in ``psycopg[binary]`` looks in
@@ -57,14 +67,17 @@ __all__ = [
     "SSLMODES",
     "SYSTEM",
     "TlsPolicy",
+    "check_hosts",
     "libpq_supports_policy",
     "login_tls",
+    "require_libpq_support",
     "system_trust_file",
 ]
 
 logger = logging.getLogger("dbcreds.tls")
 
-#: The sslmodes dbcreds accepts (``allow``/``prefer`` can fall back to plaintext silently).
+#: The sslmodes dbcreds accepts, from the weakest to the strongest (``allow``/``prefer`` can
+#: fall back to plaintext silently).
 SSLMODES = ("disable", "require", "verify-ca", "verify-full")
 #: ``sslrootcert`` value meaning "the system trust store" (as in libpq >= 16).
 SYSTEM: Literal["system"] = "system"
@@ -80,6 +93,8 @@ _SYSTEM_BUNDLES = (
 )
 
 DefaultTrust = Literal["system"] | None
+#: GSSAPI encryption off: TLS is the one channel the policy checks
+_NO_GSS = {"gssencmode": "disable"}
 
 
 @dataclass(frozen=True)
@@ -153,6 +168,39 @@ def libpq_supports_policy() -> bool:
     return psycopg.pq.version() >= 160000
 
 
+def require_libpq_support() -> None:
+    """Refuse a libpq that cannot enforce the policy (no ``require_auth``, libpq < 16)."""
+    if not libpq_supports_policy():
+        import psycopg
+
+        raise ConfigurationError(
+            f"dbcreds needs libpq 16 or later (require_auth, channel_binding), but psycopg uses "
+            f"libpq {psycopg.pq.version()}: install psycopg[binary] (it bundles a recent libpq) "
+            "or a newer libpq"
+        )
+
+
+def check_hosts(params: Mapping[str, Any], policy: TlsPolicy) -> None:
+    """Refuse a login over a Unix-domain socket unless TLS was explicitly disabled.
+
+    libpq never negotiates TLS on a socket, whatever the sslmode, so a host that is a path
+    (or ``@abstract``, or empty: libpq's default socket) would get the login in clear.
+    """
+    if policy.sslmode == "disable":
+        return
+    hosts = str(params.get("host") or "").split(",")
+    if params.get("hostaddr"):
+        return  # libpq connects to hostaddr over TCP; host is the name TLS checks
+    for host in hosts:
+        host = host.strip()
+        if not host or host.startswith(("/", "@")):
+            raise ConfigurationError(
+                "a login over a Unix-domain socket (a host that is a path, or no host) cannot "
+                "use TLS, so dbcreds refuses it: give the server's host name (sslmode=disable "
+                "is the explicit, logged way for a local socket in development)"
+            )
+
+
 def login_tls(
     *,
     sslmode: str | None,
@@ -174,13 +222,14 @@ def login_tls(
     :param what: what is being protected, for messages (e.g. ``secret 'prod/app'``).
     :param ca_setting: where the operator names a CA bundle, for messages.
     """
+    require_libpq_support()
     mode = sslmode.strip().lower() if sslmode else None
     if mode is not None and mode not in SSLMODES:
         raise ConfigurationError(
             f"{source}: sslmode must be one of {', '.join(SSLMODES)} (allow and prefer can fall "
             "back to plaintext without saying so)"
         )
-    root = sslrootcert.strip() if sslrootcert else None
+    root = (sslrootcert or os.environ.get("PGSSLROOTCERT") or "").strip() or None
     if mode is None:
         if root is None and default_trust is None:
             mode, source = "require", "default without a CA"
@@ -194,10 +243,26 @@ def login_tls(
                 "CA bundle for a database endpoint ('system' for RDS Proxy)"
             )
         cafile = system_trust_file() if trust == SYSTEM else trust
-        params = {"sslmode": mode, "sslrootcert": cafile}
-        if not token:
-            params["require_auth"] = "scram-sha-256,md5"
-        return TlsPolicy(params, verified=True, source=source)
+        if mode == "verify-full":
+            params = {"sslmode": mode, "sslrootcert": cafile, **_NO_GSS}
+            if not token:
+                params["require_auth"] = "scram-sha-256,md5"
+            return TlsPolicy(params, verified=True, source=source)
+        if token or trust == SYSTEM:
+            raise ConfigurationError(
+                f"{what}: sslmode verify-ca (from {source}) checks the certificate's CA but not "
+                "the host name: " + ("an IAM auth token needs verify-full" if token else
+                "with the system trust store any holder of any public certificate would pass; "
+                f"use verify-full, or give the server's own CA bundle ({ca_setting})")
+            )
+        return TlsPolicy(
+            {"sslmode": mode, "sslrootcert": cafile, "channel_binding": "require",
+             "require_auth": "scram-sha-256", **_NO_GSS},
+            verified=True,
+            downgrade=f"sslmode=verify-ca (from {source}) does not check the server's host "
+            "name; SCRAM channel binding is required instead",
+            source=source,
+        )
     if token:
         raise ConfigurationError(
             f"{what}: an IAM auth token is sent as a cleartext password, so it needs a verified "
@@ -206,11 +271,12 @@ def login_tls(
         )
     if mode == "require":
         return TlsPolicy(
-            {"sslmode": "require", "channel_binding": "require", "require_auth": "scram-sha-256"},
+            {"sslmode": "require", "channel_binding": "require", "require_auth": "scram-sha-256",
+             **_NO_GSS},
             source=source,
         )
     return TlsPolicy(
-        {"sslmode": "disable", "require_auth": "scram-sha-256"},
+        {"sslmode": "disable", "require_auth": "scram-sha-256", **_NO_GSS},
         downgrade=f"TLS is disabled (sslmode=disable from {source}): the connection is not "
         "encrypted and the server is not verified; use this for local development only",
         source=source,

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidSecret, classify_tls_failure
 from ..secret import DbSecret
-from ..tls import SSLMODES, TlsPolicy, login_tls
+from ..tls import SSLMODES, TlsPolicy, check_hosts, login_tls
 from .exceptions import scrub
 from .settings import RotationSettings
 
@@ -61,18 +61,22 @@ def tls_policy(secret: DbSecret, settings: RotationSettings) -> TlsPolicy:
     if "ssl" not in secret.extra:
         return policy
     asked = _from_secret(secret)
-    if _STRENGTH[asked] > _STRENGTH[policy.sslmode]:
+    if _strength(asked) > _strength(policy.sslmode):
         return login_tls(
             sslmode=asked, sslrootcert=settings.sslrootcert, default_trust=None,
             source="the secret's 'ssl' key", ca_setting=_CA_SETTING,
         )
-    if _STRENGTH[asked] < _STRENGTH[policy.sslmode]:
+    if _strength(asked) < _strength(policy.sslmode):
         logger.warning(
             "secret %r asks for weaker TLS (its 'ssl' key) than the rotation function's policy "
             "(%s): ignored. Only the function's DBCREDS_ROTATION_SSLMODE can lower TLS",
             secret.secret_id, policy.describe(),
         )
     return policy
+
+
+def _strength(sslmode: str) -> int:
+    return SSLMODES.index(sslmode)  # listed from the weakest to the strongest
 
 
 def _from_secret(secret: DbSecret) -> str:
@@ -95,6 +99,7 @@ def connect(secret: DbSecret, settings: RotationSettings) -> psycopg.Connection[
     import psycopg  # deferred: only the steps that touch the database need it
 
     tls = tls_policy(secret, settings)
+    check_hosts(secret.connect_kwargs(), tls)
     if tls.downgrade is not None:
         logger.warning(
             "the rotation's connection to %s:%s: %s", secret.host, secret.port, tls.downgrade
@@ -109,11 +114,15 @@ def connect(secret: DbSecret, settings: RotationSettings) -> psycopg.Connection[
 
 
 def describe_failure(exc: BaseException, secrets: Iterable[str | None]) -> str:
-    """A one-line reason for a failed login or query, with every given password masked."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """A one-line reason for a failed login or query, with every given password masked.
+
+    Masked first, then reshaped: a password with runs of spaces, or one that the cut would
+    split, is still masked whole.
+    """
+    text = " ".join(scrub(str(exc), secrets).split()) or type(exc).__name__
     if len(text) > 300:
         text = text[:297] + "..."
-    return scrub(text, secrets)
+    return text
 
 
 def try_login(

@@ -21,8 +21,14 @@ that exists:
 * ``privileged-attribute``: it has SUPERUSER, CREATEROLE, REPLICATION or BYPASSRLS;
 * ``privileged-membership``: it is a member, directly or through other roles, with or without
   INHERIT (``SET ROLE`` reaches it either way), of a role that has one of those attributes, of
-  a predefined ``pg_*`` role (including ``pg_database_owner``, which the owner of the database
-  is implicitly a member of), or of the master role itself.
+  a predefined ``pg_*`` role, of RDS's administrative roles (``rds_superuser``,
+  ``rds_password``, ``rds_replication``), or of the master role itself.
+
+``pg_database_owner`` is left out of the ``pg_*`` rule: its membership is implicit and exists
+only inside the database the check connects to (so the verdict would depend on the master
+secret's ``dbname``), and owning a database grants nothing outside it. The strategy also
+demands that the secret proves it holds the pair (its credentials log in) before the master
+touches it, so cloning a database owner gives the secret's holder nothing it did not have.
 """
 
 from __future__ import annotations
@@ -110,8 +116,8 @@ def name_violations(current: str, pending: str, master: str | None = None) -> li
 
 # One row per role of the pair that exists: its privileged attributes, and every privileged
 # role it is a member of. pg_has_role(..., 'MEMBER') follows memberships transitively, with or
-# without INHERIT (what SET ROLE can reach), and counts the database owner as a member of
-# pg_database_owner. Read-only: pg_roles and pg_has_role need no privilege.
+# without INHERIT (what SET ROLE can reach). Read-only: pg_roles and pg_has_role need no
+# privilege.
 _PRIVILEGE_QUERY = """
 SELECT r.rolname::text,
        array_remove(ARRAY[
@@ -125,7 +131,8 @@ SELECT r.rolname::text,
            FROM pg_roles AS g
            WHERE g.oid <> r.oid
              AND (g.rolsuper OR g.rolcreaterole OR g.rolreplication OR g.rolbypassrls
-                  OR left(g.rolname::text, 3) = 'pg_'
+                  OR (left(g.rolname::text, 3) = 'pg_' AND g.rolname <> 'pg_database_owner')
+                  OR g.rolname IN ('rds_superuser', 'rds_password', 'rds_replication')
                   OR g.rolname = %(master)s OR g.rolname = session_user)
              AND pg_has_role(r.oid, g.oid, 'MEMBER')
            ORDER BY g.rolname
@@ -157,6 +164,6 @@ def privilege_violations(
             found.append(
                 f"privileged-membership: role {rolname!r} is a member of {_names(groups)} "
                 "(a superuser, CREATEROLE, REPLICATION or BYPASSRLS role, a predefined pg_* "
-                "role, or the master user)"
+                "role, an RDS administrative role, or the master user)"
             )
     return found

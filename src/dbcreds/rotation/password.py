@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 __all__ = [
     "create_login_role",
     "ensure_member",
+    "is_member",
     "role_exists",
     "scram_verifier",
     "set_password",
@@ -51,8 +52,8 @@ def create_login_role(
 ) -> bool:
     """Create *role* WITH LOGIN, a member of *member_of* (so it has the same privileges).
 
-    Returns False when the role appeared meanwhile (a concurrent setSecret): then only its
-    password is set, and its membership ensured.
+    Returns False, changing nothing, when the role appeared meanwhile: a role the caller has
+    not checked is never touched (the caller retries, and checks it first).
     """
     import psycopg
     from psycopg import sql
@@ -66,10 +67,14 @@ def create_login_role(
             )
         )
     except psycopg.errors.DuplicateObject:
-        set_password(conn, role, password)
-        ensure_member(conn, role, member_of)
         return False
     return True
+
+
+def is_member(conn: psycopg.Connection[Any], role: str, group: str) -> bool:
+    """Whether *role* is a member of *group* (directly or not, what SET ROLE can reach)."""
+    row = conn.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", (role, group)).fetchone()
+    return bool(row and row[0])
 
 
 def ensure_member(conn: psycopg.Connection[Any], role: str, group: str) -> None:

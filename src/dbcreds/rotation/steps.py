@@ -146,6 +146,7 @@ def _login_problem(ctx: StepContext, pending: DbSecret) -> str | None:
 
 def test_secret(ctx: StepContext) -> str:
     pending = ctx.pending()
+    ctx.strategy.check_pending(ctx, ctx.store.current(), pending)  # same user pair and server
     problem = _login_problem(ctx, pending)
     if problem is not None:
         raise ctx.error(
@@ -161,7 +162,9 @@ def finish_secret(ctx: StepContext) -> str:
     token = ctx.event.token
     current_version = ctx.versions.version_of(AWSCURRENT)
     if not _was_proven(ctx.secret_arn, token):
-        problem = _login_problem(ctx, ctx.pending())
+        pending = ctx.pending()
+        ctx.strategy.check_pending(ctx, ctx.store.current(), pending)
+        problem = _login_problem(ctx, pending)
         if problem is not None:
             raise ctx.error(
                 RotationStateError,

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from ..errors import InvalidSecret
 from ..secret import DbSecret
 from .connect import describe_failure, try_login
 from .events import AWSCURRENT, AWSPREVIOUS
 from .exceptions import NoWorkingCredentials, RotationError, UnsafeRolePair
 from .guard import MAX_ROLE_NAME_BYTES, name_violations, privilege_violations
-from .password import create_login_role, ensure_member, role_exists, set_password
+from .password import create_login_role, ensure_member, is_member, role_exists, set_password
 from .settings import Strategy
 
 if TYPE_CHECKING:
@@ -199,8 +200,11 @@ class AlternatingUsers:
         return arn if isinstance(arn, str) and arn else None
 
     def _master(self, ctx: StepContext, current: DbSecret, pending: DbSecret) -> DbSecret:
+        named_values = [d.extra.get("masterarn") for d in (current, pending)]
+        if any(v is not None and not isinstance(v, str) for v in named_values):
+            raise InvalidSecret(ctx.secret_arn, "masterarn", "must be a string (a secret ARN)")
         arn = self._master_arn(current, pending)
-        named = {a for a in (current.extra.get("masterarn"), pending.extra.get("masterarn")) if a}
+        named = {a for a in named_values if a}
         if len(named) > 1:  # AWSPENDING is written mid-rotation: it may not pick another master
             raise ctx.error(
                 UnsafeRolePair,
@@ -233,9 +237,39 @@ class AlternatingUsers:
             )
         return master
 
+    def _refuse_unowned(self, ctx: StepContext, current: DbSecret, pending: DbSecret) -> None:
+        """The secret must hold working credentials for its pair before the master touches it.
+
+        Otherwise whoever can write the secret could name any role (another application's)
+        and have the master reset its password or clone it. AWSCURRENT must log in as its
+        user, or AWSPREVIOUS as the other user of the pair (the secret's own last rotation).
+        """
+        tried: list[str] = []
+        candidates: list[tuple[str, DbSecret | None]] = [(AWSCURRENT, current)]
+        candidates.append((AWSPREVIOUS, ctx.store.get(AWSPREVIOUS)))
+        for label, secret in candidates:
+            if secret is None or secret.username not in (current.username, pending.username):
+                continue
+            if not _same_server(secret, current):
+                continue
+            conn, reason = try_login(secret, ctx.settings)
+            if conn is not None:
+                conn.close()
+                return
+            tried.append(f"{label} as {secret.username!r}: {reason}")
+        raise ctx.error(
+            UnsafeRolePair,
+            f"not-owned: the secret holds no working credentials for {current.username!r} or "
+            f"{pending.username!r} ({'; '.join(tried) or 'nothing to try'}); the "
+            "alternating-users strategy only changes a pair whose current (or previous) "
+            "credentials log in, so a secret cannot name a role it holds no password for. "
+            "Nothing was changed",
+        )
+
     def change_password(self, ctx: StepContext, current: DbSecret, pending: DbSecret) -> str:
         master = self._master(ctx, current, pending)
         self._refuse_unsafe_names(ctx, current, pending, master)
+        self._refuse_unowned(ctx, current, pending)
         conn, reason = try_login(master, ctx.settings)
         if conn is None:
             raise NoWorkingCredentials(
@@ -258,6 +292,14 @@ class AlternatingUsers:
                     f"{_target(pending)} as {master.username!r} failed (nothing was changed): "
                     f"{describe_failure(exc, ctx.store.seen)}",
                 ) from None
+            clone, base = ((pending.username, current.username) if pending_is_clone
+                           else (current.username, pending.username))
+            if role_exists(conn, clone) and not is_member(conn, clone, base):
+                violations.append(
+                    f"not-a-pair: role {clone!r} exists but is not a member of {base!r}: it is "
+                    "not the clone this strategy made, and its password is not this secret's "
+                    "to change"
+                )
             if violations:
                 raise ctx.error(
                     UnsafeRolePair, _refusal(current.username, pending.username, violations)
@@ -278,6 +320,13 @@ class AlternatingUsers:
                 created = create_login_role(
                     conn, pending.username, pending.password, member_of=current.username
                 )
+                if not created:  # it appeared after the check: check it on the retry
+                    raise ctx.error(
+                        RotationError,
+                        f"role {pending.username!r} appeared on {_target(pending)} while "
+                        "setSecret ran; nothing was changed, and Secrets Manager retries the "
+                        "step, which checks the role first",
+                    )
             except RotationError:
                 raise
             except Exception as exc:
@@ -286,11 +335,7 @@ class AlternatingUsers:
                     f"changing role {pending.username!r} on {_target(pending)} "
                     f"as {master.username!r} failed: {describe_failure(exc, ctx.store.seen)}",
                 ) from None
-        return (
-            f"role {pending.username!r} created as a member of {current.username!r}"
-            if created
-            else f"password of {pending.username!r} changed with the master secret"
-        )
+        return f"role {pending.username!r} created as a member of {current.username!r}"
 
 
 def strategy_for(strategy: Strategy) -> RotationStrategy:
