@@ -157,7 +157,7 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             row = conn.execute("SELECT current_user, current_setting('server_version')")
             user, version = row.fetchone() or ("?", "?")
     except Exception as exc:
-        from .rotation.exceptions import scrub
+        from .errors import scrub
 
         reason = " ".join(scrub(str(exc), [secret.password]).split())
         hint = classify_tls_failure(exc, "--sslrootcert, or DBCREDS_SSLROOTCERT")

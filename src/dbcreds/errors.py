@@ -9,9 +9,11 @@ psycopg raises a plain ``OperationalError`` with ``sqlstate=None`` for a failed 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from typing import NoReturn
 
 __all__ = [
+    "MASK",
     "AuthFailure",
     "AuthenticationFailed",
     "ConfigurationError",
@@ -25,7 +27,11 @@ __all__ = [
     "classify_tls_failure",
     "is_auth_failure",
     "raise_clean",
+    "scrub",
 ]
+
+#: what stands in for a secret value in a text
+MASK = "********"
 
 
 class DbcredsError(Exception):
@@ -46,6 +52,17 @@ def raise_clean(err: BaseException) -> NoReturn:
         err.__cause__ = None
         err.__context__ = None
         err.__suppress_context__ = True
+
+
+def scrub(text: str, secrets: Iterable[str | None]) -> str:
+    """*text* with every occurrence of each non-empty string in *secrets* masked.
+
+    For text that comes from elsewhere (a driver's error message) and may quote a password
+    the caller knows of, before it goes into an error or a log line.
+    """
+    for value in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(value, MASK)
+    return text
 
 
 class ConfigurationError(DbcredsError):

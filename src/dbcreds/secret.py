@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .errors import InvalidSecret, raise_clean
+from .errors import MASK, InvalidSecret, raise_clean
 
 __all__ = ["POSTGRES_ENGINES", "DbSecret"]
 
@@ -15,7 +15,6 @@ __all__ = ["POSTGRES_ENGINES", "DbSecret"]
 POSTGRES_ENGINES = frozenset({"postgres", "postgresql", "aurora-postgresql"})
 
 _KNOWN = ("engine", "host", "port", "username", "password", "dbname")
-_MASK = "********"
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,7 @@ class DbSecret:
     def __repr__(self) -> str:
         return (
             f"DbSecret(secret_id={self.secret_id!r}, version_id={self.version_id!r}, "
-            f"username={self.username!r}, password={_MASK!r}, host={self.host!r}, "
+            f"username={self.username!r}, password={MASK!r}, host={self.host!r}, "
             f"port={self.port}, dbname={self.dbname!r}, engine={self.engine!r})"
         )
 

@@ -2,16 +2,18 @@
 
 Each says which secret and which step failed and what to do; none carries a secret value. Text
 that comes from elsewhere (a driver's message) goes through `scrub()` with every password the
-step has seen before it is put into an error.
+step has seen before it is put into an error (``dbcreds.errors.scrub``, shared with the SDK's
+``dbcreds check``; re-exported here).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-from ..errors import DbcredsError
+from ..errors import MASK, DbcredsError, scrub
 
 __all__ = [
+    "MASK",
     "InvalidRotationEvent",
     "NoWorkingCredentials",
     "RotationError",
@@ -21,15 +23,6 @@ __all__ = [
     "UnsafeRolePair",
     "scrub",
 ]
-
-MASK = "********"
-
-
-def scrub(text: str, secrets: Iterable[str | None]) -> str:
-    """*text* with every occurrence of each non-empty string in *secrets* masked."""
-    for value in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(value, MASK)
-    return text
 
 
 class RotationError(DbcredsError):
