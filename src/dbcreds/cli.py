@@ -24,9 +24,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-__all__ = ["main"]
+from .secret import AWSCURRENT, STAGES  # stdlib only: cheap
 
-_STAGES = ("AWSCURRENT", "AWSPENDING", "AWSPREVIOUS")
+__all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="fetch a secret and try to log in with it")
     check.add_argument("secret", metavar="SECRET", help="secret name or ARN")
-    check.add_argument("--stage", choices=_STAGES, default="AWSCURRENT",
+    check.add_argument("--stage", choices=STAGES, default=AWSCURRENT,
                        help="which version to check (default AWSCURRENT)")
     check.add_argument("--host", help="log in to this host instead of the secret's "
                        "(e.g. the RDS Proxy endpoint)")

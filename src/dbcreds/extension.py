@@ -70,6 +70,7 @@ from .errors import (
     SecretsManagerUnavailable,
     raise_clean,
 )
+from .secret import AWSCURRENT
 
 __all__ = [
     "DEFAULT_PORT",
@@ -244,7 +245,7 @@ class ExtensionTransport:
             return dict(self._stats)
 
     def __call__(self, secret_id: str, stage: str) -> dict[str, Any]:
-        if stage != "AWSCURRENT" or not self._use_extension(secret_id):
+        if stage != AWSCURRENT or not self._use_extension(secret_id):
             return self._sdk(secret_id, stage)
         try:
             response = self.get(secret_id, stage)
@@ -263,7 +264,7 @@ class ExtensionTransport:
 
     def fetch_fresh(self, secret_id: str, stage: str) -> dict[str, Any]:
         """Secrets Manager's answer, not the extension's cached one (a login was refused)."""
-        if stage == "AWSCURRENT":
+        if stage == AWSCURRENT:
             with self._lock:
                 self._fresh_until[secret_id] = self._clock() + self.cache_ttl
         return self._sdk(secret_id, stage)
@@ -342,7 +343,7 @@ class ExtensionTransport:
     def _error(secret_id: str, stage: str, status: int, body: bytes) -> DbcredsError:
         code = _error_code(body)
         if code in _NOT_FOUND or (code is None and status == 404):
-            return SecretNotFound(secret_id, "" if stage == "AWSCURRENT" else f"no {stage} value")
+            return SecretNotFound(secret_id, "" if stage == AWSCURRENT else f"no {stage} value")
         if code in _GONE:
             return SecretNotFound(secret_id, f"{code}: it may be scheduled for deletion")
         if code in _DENIED:

@@ -44,13 +44,10 @@ from .errors import (
     SecretsManagerUnavailable,
     raise_clean,
 )
-from .secret import DbSecret
+from .secret import AWSCURRENT, AWSPENDING, AWSPREVIOUS, DbSecret
 
+# The staging labels are defined in dbcreds.secret; re-exported here (dbcreds.provider.AWSCURRENT).
 __all__ = ["AWSCURRENT", "AWSPENDING", "AWSPREVIOUS", "SecretProvider"]
-
-AWSCURRENT = "AWSCURRENT"
-AWSPENDING = "AWSPENDING"
-AWSPREVIOUS = "AWSPREVIOUS"
 
 logger = logging.getLogger("dbcreds.provider")
 

@@ -1,4 +1,8 @@
-"""DbSecret: the RDS secret JSON, parsed and validated, that never shows its password."""
+"""DbSecret: the RDS secret JSON, parsed and validated, that never shows its password.
+
+Also the names every part of dbcreds (the SDK and the rotation function) uses for the secret:
+Secrets Manager's staging labels and the keys of the secret's JSON document.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,51 @@ from typing import Any
 
 from .errors import MASK, InvalidSecret, raise_clean
 
-__all__ = ["POSTGRES_ENGINES", "DbSecret"]
+__all__ = [
+    "AWSCURRENT",
+    "AWSPENDING",
+    "AWSPREVIOUS",
+    "KEY_DBNAME",
+    "KEY_ENGINE",
+    "KEY_HOST",
+    "KEY_MASTERARN",
+    "KEY_PASSWORD",
+    "KEY_PORT",
+    "KEY_SSL",
+    "KEY_USERNAME",
+    "POSTGRES_ENGINES",
+    "STAGES",
+    "DbSecret",
+]
+
+# -- Secrets Manager's staging labels --------------------------------------------------------
+
+#: the version applications use
+AWSCURRENT = "AWSCURRENT"
+#: the version a rotation in progress has stored and not yet made current
+AWSPENDING = "AWSPENDING"
+#: the version that was AWSCURRENT before the last rotation finished
+AWSPREVIOUS = "AWSPREVIOUS"
+STAGES = (AWSCURRENT, AWSPENDING, AWSPREVIOUS)
+
+# -- the keys of the secret's JSON (the RDS format) -------------------------------------------
+
+KEY_ENGINE = "engine"
+KEY_HOST = "host"
+KEY_PORT = "port"
+KEY_USERNAME = "username"
+KEY_PASSWORD = "password"  # noqa: S105 (a key name)
+KEY_DBNAME = "dbname"
+#: the keys `DbSecret` has fields for; every other key is kept in ``extra``
+_KNOWN = (KEY_ENGINE, KEY_HOST, KEY_PORT, KEY_USERNAME, KEY_PASSWORD, KEY_DBNAME)
+#: alternating users: the ARN of the master secret whose user clones and updates the roles
+KEY_MASTERARN = "masterarn"
+#: the TLS the rotation uses to log in: true, false, or an sslmode (see ``rotation.connect``)
+KEY_SSL = "ssl"
 
 #: ``engine`` values accepted for a PostgreSQL secret (RDS writes "postgres").
 POSTGRES_ENGINES = frozenset({"postgres", "postgresql", "aurora-postgresql"})
-
-_KNOWN = ("engine", "host", "port", "username", "password", "dbname")
+_DEFAULT_ENGINE = "postgres"
 
 
 @dataclass(frozen=True)
@@ -30,7 +73,7 @@ class DbSecret:
     host: str
     port: int = 5432
     dbname: str = "postgres"
-    engine: str = "postgres"
+    engine: str = _DEFAULT_ENGINE
     version_id: str | None = None
     secret_id: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -81,18 +124,18 @@ class DbSecret:
                 raise InvalidSecret(secret_id, key, "is empty")
             return value
 
-        engine = text("engine", required=False, default="postgres")
+        engine = text(KEY_ENGINE, required=False, default=_DEFAULT_ENGINE)
         if engine not in POSTGRES_ENGINES:
             raise InvalidSecret(
-                secret_id, "engine", f"is not a PostgreSQL engine (expected one of "
+                secret_id, KEY_ENGINE, f"is not a PostgreSQL engine (expected one of "
                 f"{', '.join(sorted(POSTGRES_ENGINES))})"
             )
         return cls(
-            username=text("username", required=True),
-            password=text("password", required=True),
-            host=text("host", required=True),
-            port=_port(doc.get("port"), secret_id),
-            dbname=text("dbname", required=False, default="postgres"),
+            username=text(KEY_USERNAME, required=True),
+            password=text(KEY_PASSWORD, required=True),
+            host=text(KEY_HOST, required=True),
+            port=_port(doc.get(KEY_PORT), secret_id),
+            dbname=text(KEY_DBNAME, required=False, default="postgres"),
             engine=engine,
             version_id=version_id,
             secret_id=secret_id,
@@ -102,14 +145,14 @@ class DbSecret:
     def to_dict(self) -> dict[str, Any]:
         """The JSON document (every extra key kept), as stored in Secrets Manager."""
         doc: dict[str, Any] = dict(self.extra)
-        doc.update(
-            engine=self.engine,
-            host=self.host,
-            port=self.port,
-            username=self.username,
-            password=self.password,
-            dbname=self.dbname,
-        )
+        doc.update({
+            KEY_ENGINE: self.engine,
+            KEY_HOST: self.host,
+            KEY_PORT: self.port,
+            KEY_USERNAME: self.username,
+            KEY_PASSWORD: self.password,
+            KEY_DBNAME: self.dbname,
+        })
         return doc
 
     def to_json(self) -> str:
@@ -142,7 +185,7 @@ def _port(value: Any, secret_id: str) -> int:
     if value is None:
         return 5432
     if isinstance(value, bool):
-        raise InvalidSecret(secret_id, "port", "must be a number, not a boolean")
+        raise InvalidSecret(secret_id, KEY_PORT, "must be a number, not a boolean")
     if isinstance(value, int):
         port = value
     elif isinstance(value, str) and _ascii_digits(value.strip()):
@@ -150,9 +193,9 @@ def _port(value: Any, secret_id: str) -> int:
         port = int(digits) if len(digits) <= 5 else 0
     else:
         # floats (5432.5, 5432.0), "١٢٣" (str.isdigit() says yes), "+5432", "5_432", ...
-        raise InvalidSecret(secret_id, "port", "must be an integer or a string of ASCII digits")
+        raise InvalidSecret(secret_id, KEY_PORT, "must be an integer or a string of ASCII digits")
     if not 0 < port < 65536:
-        raise InvalidSecret(secret_id, "port", "is out of range 1-65535")
+        raise InvalidSecret(secret_id, KEY_PORT, "is out of range 1-65535")
     return port
 
 

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidSecret, classify_tls_failure
-from ..secret import DbSecret
+from ..secret import KEY_SSL, DbSecret
 from ..tls import SSLMODES, TlsPolicy, check_hosts, login_tls
 from .exceptions import scrub
 from .settings import RotationSettings
@@ -58,7 +58,7 @@ def tls_policy(secret: DbSecret, settings: RotationSettings) -> TlsPolicy:
         source="DBCREDS_ROTATION_SSLROOTCERT" if settings.sslrootcert else "default",
         ca_setting=_CA_SETTING,
     )
-    if "ssl" not in secret.extra:
+    if KEY_SSL not in secret.extra:
         return policy
     asked = _from_secret(secret)
     if _strength(asked) > _strength(policy.sslmode):
@@ -80,7 +80,7 @@ def _strength(sslmode: str) -> int:
 
 
 def _from_secret(secret: DbSecret) -> str:
-    value = secret.extra["ssl"]
+    value = secret.extra[KEY_SSL]
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         value = value.strip().lower() == "true"
     if value is True:
@@ -90,7 +90,7 @@ def _from_secret(secret: DbSecret) -> str:
     if isinstance(value, str) and value.strip().lower() in SSLMODES:
         return value.strip().lower()
     raise InvalidSecret(
-        secret.secret_id, "ssl", f"must be true, false or one of {', '.join(SSLMODES)}"
+        secret.secret_id, KEY_SSL, f"must be true, false or one of {', '.join(SSLMODES)}"
     )
 
 

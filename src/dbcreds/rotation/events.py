@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..secret import AWSCURRENT, AWSPENDING, AWSPREVIOUS
 from .exceptions import InvalidRotationEvent, RotationNotEnabled, RotationStateError
 
 __all__ = [
@@ -29,9 +30,7 @@ __all__ = [
     "check_versions",
 ]
 
-AWSCURRENT = "AWSCURRENT"
-AWSPENDING = "AWSPENDING"
-AWSPREVIOUS = "AWSPREVIOUS"
+# The staging labels are defined in dbcreds.secret; re-exported here for compatibility.
 
 
 class RotationStep(str, enum.Enum):

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from .events import AWSCURRENT, RotationStep
+from ..secret import AWSCURRENT
+from .events import RotationStep
 from .exceptions import RotationError, RotationNotEnabled
 from .handler import StepResult, default_client, run_step
 from .settings import RotationSettings

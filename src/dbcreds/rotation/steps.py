@@ -24,9 +24,9 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from ..secret import DbSecret
+from ..secret import AWSCURRENT, AWSPENDING, DbSecret
 from .connect import describe_failure, try_login
-from .events import AWSCURRENT, AWSPENDING, RotationEvent, RotationStep, Versions
+from .events import RotationEvent, RotationStep, Versions
 from .exceptions import RotationError, RotationStateError, TestSecretFailed
 from .settings import RotationSettings
 from .store import SecretStore

@@ -13,8 +13,8 @@ from typing import Any
 
 from .._aws import client_error_code, secret_call
 from ..errors import InvalidSecret, SecretAccessDenied, SecretNotFound
-from ..secret import DbSecret
-from .events import AWSCURRENT, AWSPENDING, Versions
+from ..secret import AWSCURRENT, AWSPENDING, DbSecret
+from .events import Versions
 
 __all__ = ["SecretStore"]
 

@@ -19,9 +19,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import InvalidSecret
-from ..secret import DbSecret
+from ..secret import AWSCURRENT, AWSPREVIOUS, KEY_MASTERARN, DbSecret
 from .connect import describe_failure, try_login
-from .events import AWSCURRENT, AWSPREVIOUS
 from .exceptions import NoWorkingCredentials, RotationError, UnsafeRolePair
 from .guard import MAX_ROLE_NAME_BYTES, name_violations, privilege_violations
 from .password import create_login_role, ensure_member, is_member, role_exists, set_password
@@ -196,13 +195,13 @@ class AlternatingUsers:
 
     @staticmethod
     def _master_arn(current: DbSecret, pending: DbSecret) -> str | None:
-        arn = current.extra.get("masterarn") or pending.extra.get("masterarn")
+        arn = current.extra.get(KEY_MASTERARN) or pending.extra.get(KEY_MASTERARN)
         return arn if isinstance(arn, str) and arn else None
 
     def _master(self, ctx: StepContext, current: DbSecret, pending: DbSecret) -> DbSecret:
-        named_values = [d.extra.get("masterarn") for d in (current, pending)]
+        named_values = [d.extra.get(KEY_MASTERARN) for d in (current, pending)]
         if any(v is not None and not isinstance(v, str) for v in named_values):
-            raise InvalidSecret(ctx.secret_arn, "masterarn", "must be a string (a secret ARN)")
+            raise InvalidSecret(ctx.secret_arn, KEY_MASTERARN, "must be a string (a secret ARN)")
         arn = self._master_arn(current, pending)
         named = {a for a in named_values if a}
         if len(named) > 1:  # AWSPENDING is written mid-rotation: it may not pick another master
