@@ -1,4 +1,5 @@
-"""boto3 clients for dbcreds, and the guard that keeps secret values out of botocore's logs.
+"""boto3 clients for dbcreds, the guard that keeps secret values out of botocore's logs, and
+the one table that turns AWS's errors into dbcreds' typed errors (`translate`).
 
 botocore's DEBUG logging writes request and response bodies (``Response body: b'{"SecretString":
 ...'``, the PutSecretValue request params, ...). A user who turns DEBUG on to chase a network
@@ -11,12 +12,28 @@ calls, and records at INFO and above, are left alone.
 from __future__ import annotations
 
 import contextvars
+import enum
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import Any
 
-__all__ = ["WITHHELD", "client_error_code", "new_client", "secret_call"]
+from .errors import DbcredsError, SecretAccessDenied, SecretNotFound, SecretsManagerUnavailable
+from .secret import AWSCURRENT
+
+__all__ = [
+    "ERROR_CODES",
+    "EXTENSION_TOKEN_HEADER",
+    "WITHHELD",
+    "ErrorKind",
+    "client_error_code",
+    "error_kind",
+    "new_client",
+    "secret_call",
+    "translate",
+    "translate_exception",
+]
 
 WITHHELD = "[botocore debug record withheld by dbcreds: it may carry secret material]"
 _LOGGER_PREFIXES = ("botocore", "boto3", "urllib3", "s3transfer", "awscrt")
@@ -101,3 +118,97 @@ def client_error_code(exc: BaseException) -> str | None:
         return str(code) if code else None
     return None
 
+
+
+# -- AWS errors, as dbcreds' typed errors -----------------------------------------------------
+
+class ErrorKind(enum.Enum):
+    """What an AWS error code says about the secret that was asked for."""
+
+    #: IAM or the KMS key policy refuses this principal, or its credentials are not valid
+    DENIED = "denied"
+    #: the secret, or the version / staging label asked for, does not exist
+    NOT_FOUND = "not found"
+    #: the secret cannot be read now (e.g. it is scheduled for deletion)
+    GONE = "gone"
+
+
+#: AWS error code -> what it means. Any other code (throttling, internal failures, ...) means
+#: Secrets Manager is unavailable. The codes come from botocore's ClientError (``Error.Code``)
+#: or from the ``__type`` of the Lambda extension's / Secrets Manager Agent's error body.
+ERROR_CODES: Mapping[str, ErrorKind] = MappingProxyType({
+    "AccessDeniedException": ErrorKind.DENIED,
+    "AccessDenied": ErrorKind.DENIED,
+    "UnrecognizedClientException": ErrorKind.DENIED,
+    "InvalidClientTokenId": ErrorKind.DENIED,
+    "ExpiredTokenException": ErrorKind.DENIED,
+    "InvalidSignatureException": ErrorKind.DENIED,
+    "DecryptionFailure": ErrorKind.DENIED,  # KMS refused to decrypt the secret for us
+    "KMSAccessDeniedException": ErrorKind.DENIED,
+    "ResourceNotFoundException": ErrorKind.NOT_FOUND,
+    "InvalidRequestException": ErrorKind.GONE,
+})
+
+#: The header the Lambda extension and the Secrets Manager Agent want their token in.
+EXTENSION_TOKEN_HEADER = "X-Aws-Parameters-Secrets-Token"  # noqa: S105 (a header name)
+
+
+def error_kind(code: str | None) -> ErrorKind | None:
+    """What AWS error *code* means (`ERROR_CODES`); None for any other code, and for None."""
+    return ERROR_CODES.get(code) if code else None
+
+
+def translate(
+    code: str | None,
+    secret_id: str,
+    stage: str = AWSCURRENT,
+    *,
+    http_status: int | None = None,
+    detail: str | None = None,
+) -> DbcredsError:
+    """The dbcreds error for AWS error *code* met reading *stage* of *secret_id*.
+
+    * a denied code (`ERROR_CODES`) -> `SecretAccessDenied` naming the code;
+    * ``ResourceNotFoundException`` -> `SecretNotFound` (for another stage than AWSCURRENT:
+      "no AWSPENDING value"); ``InvalidRequestException`` -> `SecretNotFound` ("it may be
+      scheduled for deletion");
+    * any other code -> `SecretsManagerUnavailable` naming the code.
+
+    *http_status* is the HTTP status of the Lambda extension's / Secrets Manager Agent's answer
+    (the only callers that see one): without a code, 404 is `SecretNotFound`, 401 and 403 are
+    `SecretAccessDenied` (the extension refused our token), anything else
+    `SecretsManagerUnavailable` naming the status. Without a code or a status (a transport
+    error), *detail* says what failed. Never anything of a response body but its code.
+    """
+    kind = error_kind(code)
+    if kind is ErrorKind.NOT_FOUND or (code is None and http_status == 404):
+        return SecretNotFound(secret_id, "" if stage == AWSCURRENT else f"no {stage} value")
+    if kind is ErrorKind.GONE:
+        return SecretNotFound(secret_id, f"{code}: it may be scheduled for deletion")
+    if kind is ErrorKind.DENIED:
+        assert code is not None
+        return SecretAccessDenied(secret_id, code)
+    if http_status is None:
+        return SecretsManagerUnavailable(secret_id, code or detail or "no error code")
+    if code is None and http_status in (401, 403):
+        return SecretAccessDenied(
+            secret_id, f"the secrets extension refused the {EXTENSION_TOKEN_HEADER} header "
+            f"(HTTP {http_status}): it must be AWS_SESSION_TOKEN (or the Agent's AWS_TOKEN)")
+    return SecretsManagerUnavailable(
+        secret_id, f"{code} (secrets extension, HTTP {http_status})" if code
+        else f"secrets extension answered HTTP {http_status}")
+
+
+def translate_exception(
+    exc: BaseException, secret_id: str, stage: str = AWSCURRENT
+) -> DbcredsError:
+    """`translate` for what a botocore client call raised: its AWS error code, or, for a
+    transport error (EndpointConnectionError, a timeout: no code), its type and endpoint. Never
+    its text: a transport error may quote a request header (the session token)."""
+    code = client_error_code(exc)
+    if code is not None:
+        return translate(code, secret_id, stage)
+    where = getattr(exc, "kwargs", None)
+    endpoint = where.get("endpoint_url") if isinstance(where, dict) else None
+    detail = type(exc).__name__ + (f" ({endpoint})" if isinstance(endpoint, str) else "")
+    return translate(None, secret_id, stage, detail=detail)

@@ -44,10 +44,11 @@ provider calls for a forced refresh — and every read of another stage than AWS
 a fresh read the secret stays on boto3 for the extension's TTL, so that the extension's older
 copy is never taken back.
 
-**Errors** become dbcreds' typed errors: ``ResourceNotFoundException`` (or HTTP 404) ->
-`SecretNotFound`; HTTP 401/403 (a token the extension refused) and AWS's access-denied codes
--> `SecretAccessDenied`; throttling, HTTP 429 and 5xx -> `SecretsManagerUnavailable`. Nothing
-of a response body but the AWS error code ever reaches a message or a log.
+**Errors** become dbcreds' typed errors, by the table the SDK path uses too
+(``dbcreds._aws.translate``): ``ResourceNotFoundException`` (or HTTP 404) -> `SecretNotFound`;
+HTTP 401/403 (a token the extension refused) and AWS's access-denied codes ->
+`SecretAccessDenied`; throttling, HTTP 429 and 5xx -> `SecretsManagerUnavailable`. Nothing of a
+response body but the AWS error code ever reaches a message or a log.
 """
 
 from __future__ import annotations
@@ -62,14 +63,8 @@ from typing import Any
 from urllib.parse import quote
 
 from . import _env
-from .errors import (
-    ConfigurationError,
-    DbcredsError,
-    SecretAccessDenied,
-    SecretNotFound,
-    SecretsManagerUnavailable,
-    raise_clean,
-)
+from ._aws import EXTENSION_TOKEN_HEADER, translate
+from .errors import ConfigurationError, DbcredsError, SecretsManagerUnavailable, raise_clean
 from .secret import AWSCURRENT
 
 __all__ = [
@@ -83,7 +78,7 @@ __all__ = [
 logger = logging.getLogger("dbcreds.extension")
 
 DEFAULT_PORT = 2773
-TOKEN_HEADER = "X-Aws-Parameters-Secrets-Token"  # noqa: S105 (a header name)
+TOKEN_HEADER = EXTENSION_TOKEN_HEADER
 #: Where Lambda layers put extensions (a module attribute so that tests can point it elsewhere).
 EXTENSIONS_DIR = "/opt/extensions"
 _TRANSPORTS = ("auto", "sdk", "extension")
@@ -92,14 +87,6 @@ _LAYER_NAMES = ("parametersandsecrets", "secretsmanageragent", "secrets-manager-
 
 #: fetch(secret_id, stage) -> the GetSecretValue response (as `dbcreds.provider.Fetcher`).
 Fetcher = Callable[[str, str], dict[str, Any]]
-
-_NOT_FOUND = frozenset({"ResourceNotFoundException"})
-_GONE = frozenset({"InvalidRequestException"})
-_DENIED = frozenset({
-    "AccessDeniedException", "AccessDenied", "UnrecognizedClientException",
-    "InvalidClientTokenId", "ExpiredTokenException", "DecryptionFailure",
-    "KMSAccessDeniedException", "InvalidSignatureException",
-})
 
 
 class ExtensionUnreachable(Exception):
@@ -341,20 +328,7 @@ class ExtensionTransport:
 
     @staticmethod
     def _error(secret_id: str, stage: str, status: int, body: bytes) -> DbcredsError:
-        code = _error_code(body)
-        if code in _NOT_FOUND or (code is None and status == 404):
-            return SecretNotFound(secret_id, "" if stage == AWSCURRENT else f"no {stage} value")
-        if code in _GONE:
-            return SecretNotFound(secret_id, f"{code}: it may be scheduled for deletion")
-        if code in _DENIED:
-            return SecretAccessDenied(secret_id, code or "")
-        if code is None and status in (401, 403):
-            return SecretAccessDenied(
-                secret_id, f"the secrets extension refused the {TOKEN_HEADER} header "
-                f"(HTTP {status}): it must be AWS_SESSION_TOKEN (or the Agent's AWS_TOKEN)")
-        return SecretsManagerUnavailable(
-            secret_id, f"{code} (secrets extension, HTTP {status})" if code
-            else f"secrets extension answered HTTP {status}")
+        return translate(_error_code(body), secret_id, stage, http_status=status)
 
 
 def _error_code(body: bytes) -> str | None:

@@ -35,11 +35,10 @@ from typing import Any
 
 from cachetools import TLRUCache
 
-from ._aws import client_error_code, new_client, secret_call
+from ._aws import client_error_code, new_client, secret_call, translate_exception
 from .errors import (
     DbcredsError,
     InvalidSecret,
-    SecretAccessDenied,
     SecretNotFound,
     SecretsManagerUnavailable,
     raise_clean,
@@ -50,14 +49,6 @@ from .secret import AWSCURRENT, AWSPENDING, AWSPREVIOUS, DbSecret
 __all__ = ["AWSCURRENT", "AWSPENDING", "AWSPREVIOUS", "SecretProvider"]
 
 logger = logging.getLogger("dbcreds.provider")
-
-_DENIED = frozenset({
-    "AccessDeniedException", "AccessDenied", "UnrecognizedClientException",
-    "InvalidClientTokenId", "ExpiredTokenException", "DecryptionFailure",
-    "KMSAccessDeniedException",
-})
-_NOT_FOUND = frozenset({"ResourceNotFoundException"})
-_GONE = frozenset({"InvalidRequestException"})  # e.g. the secret is scheduled for deletion
 
 
 @dataclass(frozen=True)
@@ -272,7 +263,7 @@ class SecretProvider:
             raise
         except Exception as exc:
             self._count_error()
-            translated = self._translate(exc, stage)
+            translated = translate_exception(exc, self.secret_id, stage)
             if client_error_code(exc) is not None:
                 raise translated from exc  # the service's answer: no secret in it
             # Anything else (botocore's HTTPClientError, a ValueError from http.client) may
@@ -329,19 +320,3 @@ class SecretProvider:
             )
             raise InvalidSecret(self.secret_id, None, reason)
         return DbSecret.from_json(secret_string, secret_id=self.secret_id, version_id=version_id)
-
-    def _translate(self, exc: Exception, stage: str) -> DbcredsError:
-        code = client_error_code(exc)
-        if code is None:  # botocore transport errors: EndpointConnectionError, timeouts, ...
-            where = getattr(exc, "kwargs", None)
-            endpoint = where.get("endpoint_url") if isinstance(where, dict) else None
-            detail = type(exc).__name__ + (f" ({endpoint})" if isinstance(endpoint, str) else "")
-            return SecretsManagerUnavailable(self.secret_id, detail)
-        if code in _NOT_FOUND:
-            detail = "" if stage == AWSCURRENT else f"no {stage} value"
-            return SecretNotFound(self.secret_id, detail)
-        if code in _GONE:
-            return SecretNotFound(self.secret_id, f"{code}: it may be scheduled for deletion")
-        if code in _DENIED:
-            return SecretAccessDenied(self.secret_id, code)
-        return SecretsManagerUnavailable(self.secret_id, code)

@@ -11,18 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .._aws import client_error_code, secret_call
-from ..errors import InvalidSecret, SecretAccessDenied, SecretNotFound
+from .._aws import ErrorKind, client_error_code, error_kind, secret_call, translate
+from ..errors import InvalidSecret, SecretNotFound
 from ..secret import AWSCURRENT, AWSPENDING, DbSecret
 from .events import Versions
 
 __all__ = ["SecretStore"]
-
-_DENIED = frozenset({
-    "AccessDeniedException", "AccessDenied", "UnrecognizedClientException",
-    "InvalidClientTokenId", "ExpiredTokenException", "DecryptionFailure",
-    "KMSAccessDeniedException",
-})
 
 
 class SecretStore:
@@ -40,17 +34,19 @@ class SecretStore:
         return SecretStore(self.client, secret_id, seen=self.seen)
 
     def _denied(self, exc: BaseException) -> None:
+        """Raise `SecretAccessDenied` when *exc* is AWS refusing us (``_aws.ERROR_CODES``)."""
         code = client_error_code(exc)
-        if code in _DENIED:
-            raise SecretAccessDenied(self.secret_id, code or "denied") from None
+        if error_kind(code) is ErrorKind.DENIED:
+            raise translate(code, self.secret_id) from None
 
     def describe(self) -> Versions:
         try:
             response = self.client.describe_secret(SecretId=self.secret_id)
         except Exception as exc:
             self._denied(exc)
-            if client_error_code(exc) == "ResourceNotFoundException":
-                raise SecretNotFound(self.secret_id) from None
+            code = client_error_code(exc)
+            if error_kind(code) is ErrorKind.NOT_FOUND:
+                raise translate(code, self.secret_id) from None  # SecretNotFound
             raise
         return Versions.from_describe(response, self.secret_id)
 
@@ -68,7 +64,7 @@ class SecretStore:
                 response = self.client.get_secret_value(**kwargs)
         except Exception as exc:
             self._denied(exc)
-            if client_error_code(exc) == "ResourceNotFoundException":
+            if error_kind(client_error_code(exc)) is ErrorKind.NOT_FOUND:
                 return None  # no such label, or a version registered without a value
             raise
         text = response.get("SecretString")
