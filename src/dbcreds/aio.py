@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from ._registry import register_default
 from .config import Settings
 from .errors import DbcredsError
 from .login import CredentialSource, Done, Plan, Wait, advance
@@ -353,3 +354,6 @@ def _abandon(loop: asyncio.AbstractEventLoop, pool: AsyncCredentialPool) -> None
         with suppress(Exception):
             conn.pgconn.finish()
     pool._pool.clear()
+
+
+register_default("psycopg_pool_async", _close_default_outside_loop)  # SnapStart: rebuilt on use

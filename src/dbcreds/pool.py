@@ -28,6 +28,7 @@ from psycopg import Connection
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
+from ._registry import register_default
 from .config import Settings
 from .errors import AuthenticationFailed, ConfigurationError, DbcredsError, UntrustedServer
 from .login import ConnectParamsPolicy, CredentialSource, LoginPolicy, drive
@@ -336,3 +337,14 @@ def close_default_pool() -> None:
     if pool is not None:
         pool.close()
 
+
+def _close_default_for_snapshot() -> bool:
+    pool = _default
+    if pool is None:
+        return False
+    pool.provider.invalidate()
+    close_default_pool()
+    return True
+
+
+register_default("psycopg_pool", _close_default_for_snapshot, default_pool)  # SnapStart

@@ -10,13 +10,18 @@ every environment restored from the same snapshot).
 `install()` registers two runtime hooks with ``snapshot_restore_py``, the module the Lambda
 Python managed runtime provides for this (imported lazily: it does not exist elsewhere):
 
-* **before snapshot**: the default pools (of ``get_connection()`` and
-  ``get_async_connection()``) have their cache dropped and are closed, and every source given
-  to `register()` forgets its cached values (``invalidate()``);
-* **after restore**: registered sources are invalidated again, and the default sync pool, if
-  there was one, is rebuilt: it fetches the secret and opens its connections in its background
-  threads, so the hook returns at once (after-restore hooks must finish within Lambda's 10 s
-  restore timeout). The default async pool is rebuilt on its first use (it needs the loop).
+* **before snapshot**: every process-wide default registered in ``dbcreds._registry`` (the
+  pools of ``get_connection()`` and ``get_async_connection()``, registered by ``dbcreds.pool``
+  and ``dbcreds.aio`` when they are imported) has its cache dropped and is closed, and every
+  source given to `register()` forgets its cached values (``invalidate()``);
+* **after restore**: registered sources are invalidated again, and each default that was open
+  and can be rebuilt at once is reopened. The default sync pool fetches the secret and opens
+  its connections in its background threads, so the hook returns at once (after-restore hooks
+  must finish within Lambda's 10 s restore timeout). The default async pool is rebuilt on its
+  first use (it needs the loop).
+
+This module knows no integration: it only walks ``dbcreds._registry`` (so nothing is imported
+just to be reset).
 
 `install()` is idempotent and does nothing unless the function runs under SnapStart
 (``AWS_LAMBDA_INITIALIZATION_TYPE=snap-start``). dbcreds calls it when it creates a default
@@ -30,15 +35,13 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import sys
 import threading
 import weakref
 from collections.abc import Mapping
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from .login import CredentialSource
+from ._registry import Default, registered_defaults
 
 __all__ = ["after_restore", "before_snapshot", "install", "register", "under_snapstart"]
 
@@ -47,7 +50,7 @@ logger = logging.getLogger("dbcreds.snapstart")
 _lock = threading.Lock()
 _hooked: ModuleType | None = None  # the snapshot_restore_py our hooks are registered with
 _sources: weakref.WeakSet[Any] = weakref.WeakSet()
-_reopen_default_pool = False
+_closed: list[Default] = []  # the defaults before_snapshot() closed, to reopen after restore
 
 
 def under_snapstart(environ: Mapping[str, str] | None = None) -> bool:
@@ -82,7 +85,13 @@ def install() -> bool:
     return True
 
 
-S = TypeVar("S", bound="CredentialSource")
+class Invalidatable(Protocol):
+    """What `register` needs of a source (a `dbcreds.login.CredentialSource` has it)."""
+
+    def invalidate(self) -> None: ...
+
+
+S = TypeVar("S", bound=Invalidatable)
 
 
 def register(source: S) -> S:
@@ -96,34 +105,33 @@ def register(source: S) -> S:
 
 def before_snapshot() -> None:
     """Drop every cached secret and close the default pools (the before-snapshot hook)."""
-    global _reopen_default_pool
-    pool_module = sys.modules.get("dbcreds.pool")  # never import psycopg just for this
-    if pool_module is not None:
-        pool = pool_module._default
-        _reopen_default_pool = pool is not None
-        if pool is not None:
-            pool.provider.invalidate()
-            pool_module.close_default_pool()
-    aio_module = sys.modules.get("dbcreds.aio")
-    if aio_module is not None:
-        aio_module._close_default_outside_loop()
+    closed = []
+    for default in registered_defaults():
+        try:
+            if default.close():
+                closed.append(default)
+        except Exception as exc:  # the others must still be closed
+            logger.error("before snapshot: closing the default %s failed: %s", default.name, exc)
+    with _lock:
+        _closed[:] = closed
     _invalidate_sources()
     logger.info("before snapshot: secrets dropped, default pools closed")
 
 
 def after_restore() -> None:
-    """Drop whatever is cached and reopen the default pool (the after-restore hook)."""
-    global _reopen_default_pool
+    """Drop whatever is cached and reopen the default pools (the after-restore hook)."""
     _invalidate_sources()
-    if _reopen_default_pool:
-        _reopen_default_pool = False
-        from .pool import default_pool
-
+    with _lock:
+        closed, _closed[:] = list(_closed), []
+    for default in closed:
+        if default.reopen is None:  # rebuilt on its next use
+            continue
         try:
-            default_pool()  # connects in the pool's background threads: returns at once
-        except Exception as exc:  # the next get_connection() will say what is wrong
-            logger.error("after restore: the default pool could not be rebuilt: %s", exc)
-    logger.info("after restore: caches dropped, default pool reopened")
+            default.reopen()  # the sync pool connects in its background threads: returns at once
+        except Exception as exc:  # the next use will say what is wrong
+            logger.error("after restore: the default %s could not be rebuilt: %s",
+                         default.name, exc)
+    logger.info("after restore: caches dropped, default pools reopened")
 
 
 def _invalidate_sources() -> None:
