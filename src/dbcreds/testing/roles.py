@@ -2,14 +2,17 @@
 
 Role names in tests may contain uppercase, spaces, quotes or reserved words: every name goes
 through ``psycopg.sql.Identifier``. ``ALTER ROLE`` takes no bind parameters, so the password is
-sent as a SCRAM-SHA-256 verifier computed client-side (``PGconn.encrypt_password``): the
-plaintext never reaches the server, its log (``log_statement=all``) or pg_stat_statements.
+sent as a SCRAM-SHA-256 verifier computed client-side by ``dbcreds.rotation.password`` (the
+rotation's own functions): the plaintext never reaches the server, its log
+(``log_statement=all``) or pg_stat_statements.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+
+from dbcreds.rotation.password import scram_verifier, set_password
 
 if TYPE_CHECKING:
     import psycopg
@@ -18,22 +21,6 @@ __all__ = ["SCHEMA_PRIVILEGES", "create_role", "drop_role", "scram_verifier", "s
 
 #: Privileges ``create_role(grants=...)`` may grant on schema public.
 SCHEMA_PRIVILEGES = frozenset({"USAGE", "CREATE"})
-
-
-def scram_verifier(conn: psycopg.Connection[Any], username: str, password: str) -> str:
-    """The SCRAM-SHA-256 verifier of ``password`` for ``username`` (computed by libpq)."""
-    raw = conn.pgconn.encrypt_password(password.encode(), username.encode(), b"scram-sha-256")
-    return raw.decode("ascii")
-
-
-def set_password(conn: psycopg.Connection[Any], username: str, password: str) -> None:
-    from psycopg import sql
-
-    conn.execute(
-        sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-            sql.Identifier(username), sql.Literal(scram_verifier(conn, username, password))
-        )
-    )
 
 
 def create_role(
