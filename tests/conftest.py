@@ -59,6 +59,19 @@ def aws_env(stack: LocalStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     return env
 
 
+@pytest.fixture
+def rotation_env(aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """``aws_env`` and the rotation function's default settings: every variable
+    ``RotationSettings.from_env`` reads is removed, except the stack's CA bundle that ``aws_env``
+    sets (``DBCREDS_ROTATION_SSLROOTCERT``). A test that wants a strategy, a topic, ... sets it."""
+    from dbcreds.rotation.settings import ENVIRONMENT
+
+    for name in ENVIRONMENT:
+        if name not in aws_env:
+            monkeypatch.delenv(name, raising=False)
+    return aws_env
+
+
 @pytest.fixture(scope="session")
 def sm_client(stack: LocalStack) -> Any:
     """boto3 secretsmanager client of the stack's endpoint (its calls count as the client's)."""

@@ -21,9 +21,8 @@ def run(*argv: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture
-def env(aws_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("ROTATION_STRATEGY", "ROTATION_FAILURE_TOPIC_ARN", "DBCREDS_SSLMODE"):
-        monkeypatch.delenv(name, raising=False)
+def env(rotation_env: Any) -> None:
+    """The stack's endpoint and CA; default rotation settings (``rotate --local``)."""
 
 
 def current(stack: Any, secret_id: str) -> dict[str, Any]:

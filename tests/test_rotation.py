@@ -30,21 +30,7 @@ from dbcreds.rotation import (
 from dbcreds.rotation.local import LocalRotation, register_with_rotate_secret, rotate_locally
 from dbcreds.rotation.settings import DEFAULT_EXCLUDE_CHARACTERS
 
-_ROTATION_ENV = (
-    "ROTATION_STRATEGY", "PASSWORD_LENGTH", "EXCLUDE_CHARACTERS", "EXCLUDE_NUMBERS",
-    "EXCLUDE_PUNCTUATION", "EXCLUDE_UPPERCASE", "EXCLUDE_LOWERCASE", "INCLUDE_SPACE",
-    "REQUIRE_EACH_INCLUDED_TYPE", "DBCREDS_ROTATION_SSLMODE", "ROTATION_FAILURE_TOPIC_ARN",
-)  # fmt: skip
-
-
 # -- fixtures and helpers ------------------------------------------------------------------------
-
-@pytest.fixture
-def rotation_env(aws_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The stack's endpoint, default rotation settings, the stack's CA as the CA bundle."""
-    for name in _ROTATION_ENV:
-        monkeypatch.delenv(name, raising=False)
-
 
 @pytest.fixture
 def sm(stack: Any, rotation_env: None) -> Any:

@@ -19,17 +19,9 @@ from psycopg import sql
 from dbcreds.rotation import RotationError, RotationStep, run_step
 from dbcreds.rotation.local import LocalRotation, rotate_locally
 
-_ROTATION_ENV = (
-    "PASSWORD_LENGTH", "EXCLUDE_CHARACTERS", "EXCLUDE_NUMBERS", "EXCLUDE_PUNCTUATION",
-    "EXCLUDE_UPPERCASE", "EXCLUDE_LOWERCASE", "INCLUDE_SPACE", "REQUIRE_EACH_INCLUDED_TYPE",
-    "ROTATION_FAILURE_TOPIC_ARN",
-)  # fmt: skip
-
 
 @pytest.fixture
-def sm(stack: Any, aws_env: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    for name in _ROTATION_ENV:
-        monkeypatch.delenv(name, raising=False)
+def sm(stack: Any, rotation_env: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("ROTATION_STRATEGY", "alternating-users")
     return stack.secrets.client()
 

@@ -25,17 +25,9 @@ from dbcreds.rotation import (
 )
 from dbcreds.rotation.local import rotate_locally
 
-_ROTATION_ENV = (
-    "ROTATION_STRATEGY", "PASSWORD_LENGTH", "EXCLUDE_CHARACTERS", "EXCLUDE_NUMBERS",
-    "EXCLUDE_PUNCTUATION", "EXCLUDE_UPPERCASE", "EXCLUDE_LOWERCASE", "INCLUDE_SPACE",
-    "REQUIRE_EACH_INCLUDED_TYPE", "ROTATION_FAILURE_TOPIC_ARN", "LOG_LEVEL",
-)  # fmt: skip
-
 
 @pytest.fixture
-def sm(stack: Any, aws_env: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    for name in _ROTATION_ENV:
-        monkeypatch.delenv(name, raising=False)
+def sm(stack: Any, rotation_env: Any) -> Any:
     return stack.secrets.client()
 
 

@@ -31,14 +31,9 @@ from dbcreds.rotation import (
 )
 from test_rotation_alternating import doc, logs_in, rotate
 
-_ROTATION_ENV = (
-    "PASSWORD_LENGTH", "EXCLUDE_CHARACTERS", "EXCLUDE_NUMBERS", "EXCLUDE_PUNCTUATION",
-    "EXCLUDE_UPPERCASE", "EXCLUDE_LOWERCASE", "INCLUDE_SPACE", "REQUIRE_EACH_INCLUDED_TYPE",
-)  # fmt: skip
-
 
 @pytest.fixture
-def topic(stack: Any, aws_env: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+def topic(stack: Any, rotation_env: Any, monkeypatch: pytest.MonkeyPatch) -> str:
     """An SNS topic that the rotation publishes its failures to."""
     sns = stack.secrets.client("sns")
     arn = str(sns.create_topic(Name=f"escalation-{secrets.token_hex(4)}")["TopicArn"])
@@ -47,9 +42,7 @@ def topic(stack: Any, aws_env: Any, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def sm(stack: Any, aws_env: Any, topic: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    for name in _ROTATION_ENV:
-        monkeypatch.delenv(name, raising=False)
+def sm(stack: Any, rotation_env: Any, topic: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("ROTATION_STRATEGY", "alternating-users")
     return stack.secrets.client()
 

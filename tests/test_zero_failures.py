@@ -26,11 +26,6 @@ ROUTES = {"direct": "postgres", "pgbouncer-auth_query": "pgbouncer", "rds-proxy-
 
 
 @pytest.fixture
-def rotation_env(aws_env: dict[str, str]) -> None:
-    """The rotation verifies the database with the stack's CA (``aws_env``), as the SDK does."""
-
-
-@pytest.fixture
 def rotating_app(stack: Any, app: Any, rotation_env: None) -> Any:
     stack.enable_rotation(app.secret_id)
     return app

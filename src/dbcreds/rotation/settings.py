@@ -37,7 +37,14 @@ from typing import Any
 from .. import _env
 from .._env import LOG_LEVELS, SSLMODES
 
-__all__ = ["DEFAULT_EXCLUDE_CHARACTERS", "LOG_LEVELS", "SSLMODES", "RotationSettings", "Strategy"]
+__all__ = [
+    "DEFAULT_EXCLUDE_CHARACTERS",
+    "ENVIRONMENT",
+    "LOG_LEVELS",
+    "SSLMODES",
+    "RotationSettings",
+    "Strategy",
+]
 
 DEFAULT_PASSWORD_LENGTH = 32
 DEFAULT_EXCLUDE_CHARACTERS = ":/@\"'\\"
@@ -52,6 +59,20 @@ _SWITCHES = {
     "INCLUDE_SPACE": "IncludeSpace",
     "REQUIRE_EACH_INCLUDED_TYPE": "RequireEachIncludedType",
 }
+
+#: every environment variable `RotationSettings.from_env` reads (the table above)
+ENVIRONMENT: tuple[str, ...] = (
+    "ROTATION_STRATEGY",
+    "PASSWORD_LENGTH",
+    "EXCLUDE_CHARACTERS",
+    *_SWITCHES,
+    "DBCREDS_ROTATION_SSLMODE",
+    "DBCREDS_ROTATION_SSLROOTCERT",
+    "DBCREDS_ROTATION_CONNECT_TIMEOUT",
+    "ROTATION_FAILURE_TOPIC_ARN",
+    "LOG_LEVEL",
+    "DBCREDS_ROTATION_MASTER_SECRET_ARN",
+)
 
 
 class Strategy(str, enum.Enum):
