@@ -1,7 +1,7 @@
 """asyncio: `AsyncSecretProvider`, `AsyncCredentialPool` and `get_async_connection()`.
 
-One design with the sync side, not a copy of it (DESIGN.md, "async and sync sharing one
-design"). `AsyncCredentialPool` is a ``psycopg_pool.AsyncConnectionPool`` whose connection
+One design with the sync side, not a copy of it: both run the same login policy, only the
+I/O differs. `AsyncCredentialPool` is a ``psycopg_pool.AsyncConnectionPool`` whose connection
 class's ``connect`` runs the very ``LoginPolicy.plan()`` that `CredentialPool` runs: current
 secret, one shared refresh, AWSPENDING in the single-user rotation window, the bounded retry
 behind a proxy, then a fast `AuthenticationFailed` for every waiting caller. Only the driver

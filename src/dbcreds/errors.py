@@ -2,8 +2,8 @@
 
 Every error names the secret (its id or ARN) and what to do; none ever carries a secret value.
 This module imports nothing heavy: classification works on exception *messages*, because
-psycopg raises a plain ``OperationalError`` with ``sqlstate=None`` for a failed login
-(see DESIGN.md, "Facts that shape the design").
+psycopg raises a plain ``OperationalError`` with ``sqlstate=None`` for a failed login: no error
+code tells a refused password from a database that is down, only the text does.
 """
 
 from __future__ import annotations
@@ -171,7 +171,8 @@ class AuthFailure(enum.Enum):
     PROXY = "proxy"
 
 
-# Messages as seen in the wild (DESIGN.md). Lower-cased; matched as substrings.
+# The texts of a refused login, as PostgreSQL, libpq, PgBouncer and RDS Proxy word them (each
+# line says whose). Lower-cased; matched as substrings.
 _PROXY_SIDE = (
     "server login has been failing",  # PgBouncer, server_login_retry in force
     "server login failed",  # PgBouncer forwarding the server's refusal

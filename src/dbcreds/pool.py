@@ -7,7 +7,7 @@ connections already in the pool stay open through a rotation (PostgreSQL and RDS
 established sessions when a password changes).
 
 A plain ConnectionPool never shows its callers an authentication error: the worker logs it and
-retries with backoff while callers wait ``timeout`` (30 s) for a PoolTimeout (DESIGN.md). So
+retries with backoff while callers wait ``timeout`` (30 s) for a PoolTimeout. So
 when the login policy gives up, the pool fails every waiting caller at once with
 `AuthenticationFailed`, and raises it to new callers until a login works again (or psycopg_pool
 gives up reconnecting, after which the next caller triggers a fresh attempt). Errors that are

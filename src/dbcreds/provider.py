@@ -15,11 +15,13 @@
 * **Stale-if-error.** When Secrets Manager is unreachable, throttles (after botocore's own
   retries) or fails on its side, the last good value is served for up to ``max_stale`` seconds,
   and the next attempt is pushed back with capped exponential backoff.
-* **AWSPENDING.** ``get_pending()`` reads the pending version of a rotation in progress (the
-  way through the single-user rotation window; see DESIGN.md), ``None`` when there is none.
+* **AWSPENDING.** ``get_pending()`` reads the pending version of a rotation in progress,
+  ``None`` when there is none. It is the way through the single-user rotation window: between
+  setSecret (the database's password changes) and finishSecret (AWSCURRENT moves), only the
+  AWSPENDING value logs in.
 
 Thread-safe: psycopg_pool calls the connect path, and so this provider, from its worker
-threads (DESIGN.md: conninfo/kwargs callables run at every connection attempt).
+threads (it calls conninfo/kwargs callables there, at every connection attempt).
 """
 
 from __future__ import annotations
@@ -296,8 +298,8 @@ class SecretProvider:
     def _get_secret_value(self, secret_id: str, stage: str) -> dict[str, Any]:
         client = self._client or self._create_client()
         with secret_call():
-            # VersionStage always explicit (DESIGN.md: moto keeps serving the old version
-            # without it after UpdateSecretVersionStage; explicit is correct on AWS too).
+            # VersionStage always explicit: moto keeps answering the old version to a call
+            # without it after UpdateSecretVersionStage (and naming the stage is right on AWS).
             response: dict[str, Any] = client.get_secret_value(
                 SecretId=secret_id, VersionStage=stage
             )
