@@ -10,7 +10,7 @@ crash; run it again with the same token to resume, as Secrets Manager's retry wo
 Registering a version without a value is something only RotateSecret can do, and on AWS
 RotateSecret also invokes the deployed rotation function. So the default registration:
 
-* on a dbcreds test stack endpoint (``dbcreds.testing``: moto behind a control route), asks the
+* on a dbcreds test stack endpoint (``dbcreds_testing``: moto behind a control route), asks the
   endpoint to register the version directly in moto's backend;
 * on another non-AWS endpoint (a plain moto server whose rotation Lambda is a stub, moto's
   ``lambda.use_docker=false``), calls RotateSecret with the secret's RotationLambdaARN;
@@ -80,7 +80,7 @@ def is_aws_endpoint(url: str | None) -> bool:
 
 
 def register_with_test_stack(endpoint_url: str) -> Registrar:
-    """Registrar for a ``dbcreds.testing`` endpoint (its ``/_dbcreds/rotation`` route)."""
+    """Registrar for a ``dbcreds_testing`` endpoint (its ``/_dbcreds/rotation`` route)."""
 
     def register(secret_id: str, token: str) -> None:
         _post(f"{endpoint_url.rstrip('/')}/_dbcreds/rotation",

@@ -93,7 +93,7 @@ class Layer:
                 status,
                 {
                     "__type": code,
-                    "message": f"{code}: simulated by dbcreds.testing for {operation}",
+                    "message": f"{code}: simulated by dbcreds_testing for {operation}",
                 },
             )
         return self.inner(environ, start_response)
