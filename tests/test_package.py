@@ -379,7 +379,7 @@ def test_unpacked_zip_rotates_against_the_local_stack(
 ) -> None:
     """Secrets Manager's part (register the pending version, invoke four steps) is played by
     this test; each step is one fresh interpreter running the unpacked code's lambda_handler."""
-    from dbcreds.rotation.local import register_with_test_stack
+    from dbcreds_testing.endpoint import register_with_test_stack
 
     sm = stack.sm()
     stack.enable_rotation(app.secret_id)
