@@ -77,7 +77,7 @@ def _pool(library: str, secret_id: str, host: str, port: int) -> Any:
 def rotation_under_load(stack: Any, *, rotations: int = 2, threads: int = 8,
                         pause: float = 0.5, tail: float = 8.0) -> dict[str, Any]:
     from dbcreds.rotation.local import rotate_locally
-    from dbcreds.testing.workload import Workload
+    from dbcreds_testing.workload import Workload
 
     os.environ.update(stack.env())
     os.environ.update(tls_env(stack))  # verify-full for dbcreds, the peers and the rotation

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # the peers' failing logins
 
     from cold_start import cold_start, concurrent_cold_start
-    from dbcreds.testing import LocalStack
+    from dbcreds_testing import LocalStack
     from fleet import fleet
     from rotation_load import rotation_under_load
     from warm_path import warm_path
@@ -100,7 +100,7 @@ def render(r: dict[str, Any]) -> str:
         f"* machine: {m['nproc']} CPUs ({m['cpu']}), {m['platform']}, load average at the "
         f"end {m['load']}",
         f"* Python {m['python']}; {m['versions']}; {m['pgbouncer']}",
-        "* stack: `dbcreds.testing.LocalStack` on 127.0.0.1 — PostgreSQL 15 (scram-sha-256), "
+        "* stack: `dbcreds_testing.LocalStack` on 127.0.0.1 — PostgreSQL 15 (scram-sha-256), "
         "PgBouncer twice (auth_query: checks the live database; auth_file: the RDS Proxy "
         "stand-in that serves the AWSCURRENT password, re-read about every second), "
         "Secrets Manager = moto's server over HTTP, counting requests per operation and secret.",

@@ -1,4 +1,4 @@
-"""Shared fixtures: one real local stack per test session (see dbcreds.testing).
+"""Shared fixtures: one real local stack per test session (see dbcreds_testing).
 
 - ``stack``: the session's LocalStack (PostgreSQL 15, TLS only, scram-sha-256, log_statement=all,
   PgBouncer auth_query as ``stack.pgbouncer``, the RDS Proxy stand-in as ``stack.rds_proxy``,
@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 
 try:
-    import dbcreds  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
+    import dbcreds_testing  # noqa: F401
+except ImportError:  # a checkout without `pip install -e .` (no wheel ships dbcreds_testing)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from dbcreds.testing import App, LocalStack
-from dbcreds.testing._proc import pid_alive
+from dbcreds_testing import App, LocalStack
+from dbcreds_testing._proc import pid_alive
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from dbcreds import AuthenticationFailed, SecretProvider
 from dbcreds.aio import AsyncCredentialPool, AsyncSecretProvider, drive_async
 from dbcreds.login import LoginPolicy
 from dbcreds.rotation.local import rotate_locally
-from dbcreds.testing.workload import AsyncWorkload, WorkloadReport
+from dbcreds_testing.workload import AsyncWorkload, WorkloadReport
 from test_login_unit import Clock, FakeSM, Refused
 from test_zero_failures import (
     ROUTES,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import secrets
+import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -127,6 +129,23 @@ def test_demo_is_wired_and_checks_its_options() -> None:
     # The demo itself runs in tests/test_demo.py; here only the wiring (a usage error, fast).
     code, _, err = run("demo", "--duration", "0")
     assert code == 2 and "--duration" in err
+
+
+def test_demo_without_the_repository_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A plain `pip install dbcreds` has no dbcreds_testing (no wheel ships it).
+    monkeypatch.setitem(sys.modules, "dbcreds_testing", None)
+    code, out, err = run("demo", "--duration", "5")
+    assert code == 2 and not out
+    assert "the demo needs a checkout of the dbcreds repository: make demo" in err
+
+
+def test_check_and_rotate_do_not_import_the_test_harness() -> None:
+    probe = ("import sys; from dbcreds.cli import _parser\n"
+             "_parser().parse_known_args(['check', 's'])\n"
+             "print(sorted(m for m in sys.modules if m.startswith('dbcreds_testing')))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, timeout=60)
+    assert done.stdout.strip() == "[]"
 
 
 def test_pause_and_stop_after_need_local() -> None:

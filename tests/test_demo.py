@@ -50,6 +50,6 @@ def test_short_demo_passes_and_writes_its_report(tmp_path: Path, proxy: str) -> 
 
 
 def test_demo_usage_errors_exit_2() -> None:
-    done = subprocess.run([sys.executable, "-m", "dbcreds.demo", "--threads", "0"],
+    done = subprocess.run([sys.executable, "-m", "dbcreds_testing.demo", "--threads", "0"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--threads" in done.stderr

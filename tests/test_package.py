@@ -358,6 +358,95 @@ def test_local_test_zip_differs_from_the_shipped_one_only_in_compiled_code(
             assert b.getinfo(info.filename).CRC == info.CRC, info.filename
 
 
+# -- only the product ships -------------------------------------------------------------------
+
+SRC = REPO / "src"
+#: where the test harness and the demo once lived, and where they live now (never shipped)
+HARNESS = ("dbcreds_testing/", "dbcreds/testing/", "dbcreds/demo.py")
+
+
+def product_files() -> set[str]:
+    """Every file of the dbcreds package on disk, as a wheel or the zip names it: whatever
+    module is added to src/dbcreds is expected without editing this test."""
+    return {
+        p.relative_to(SRC).as_posix()
+        for p in (SRC / "dbcreds").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+    }
+
+
+def test_the_product_knows_nothing_of_the_test_harness() -> None:
+    """No module of dbcreds imports dbcreds_testing (but the CLI's lazy demo import), and none
+    knows the test endpoint's private /_dbcreds/* routes."""
+    import ast
+
+    for path in sorted((SRC / "dbcreds").rglob("*.py")):
+        text = path.read_text()
+        rel = path.relative_to(SRC).as_posix()
+        assert "/_dbcreds/" not in text, rel
+        imported = set()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module)
+        harness = {m for m in imported if m.split(".")[0] == "dbcreds_testing"}
+        assert harness == ({"dbcreds_testing"} if rel == "dbcreds/cli.py" else set()), rel
+
+
+def test_the_wheel_holds_dbcreds_only(tmp_path: Path) -> None:
+    """The wheel the zip installs (build_package.py's own build: pinned hatchling)."""
+    wheel = bp.build_dbcreds_wheel(sys.executable, tmp_path, bp.ZIP_EPOCH)
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+    print(f"\n{wheel.name}: {len(names)} files")
+    dist_info = re.compile(r"dbcreds-[^/-]+\.dist-info/[^/]+")
+    assert not [n for n in names if n.startswith(HARNESS)]
+    assert not [n for n in names if not n.startswith("dbcreds/") and not dist_info.fullmatch(n)]
+    assert {n for n in names if n.startswith("dbcreds/")} == product_files()
+
+
+def test_zip_holds_dbcreds_without_the_harness_and_nothing_unexpected(
+    packages: dict[str, Path],
+) -> None:
+    # import names of the pinned distributions: canonical name with "_" (true of all today;
+    # a dependency whose import name differs needs an entry here)
+    locked = {name.replace("-", "_") for name in _locked_versions()}
+    expected_top = {"dbcreds", "dbcreds_example_app.py"} | locked
+    for arch, path in packages.items():
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+        print(f"\n{path.name}: {len(names)} files, "
+              f"{sum(n.startswith('dbcreds/') for n in names)} of them in dbcreds/")
+        assert not [n for n in names if n.startswith(HARNESS)], arch
+        assert {n for n in names if n.startswith("dbcreds/")} == product_files(), arch
+        unexpected = set()
+        for name in names:
+            top = name.split("/")[0]
+            if top.endswith(".dist-info"):
+                continue  # which ones: test_zip_holds_dbcreds_its_locked_dependencies_...
+            # a package, a single-module distribution, or auditwheel's vendored libraries
+            stem = top.removesuffix(".libs") if "/" in name else top.removesuffix(".py")
+            if top not in expected_top and stem not in expected_top:
+                unexpected.add(top)
+        assert not unexpected, (arch, sorted(unexpected))
+
+
+def test_plain_install_says_the_demo_needs_a_checkout(unpacked: Unpacked, tmp_path: Path) -> None:
+    """The unpacked zip is a plain install of the wheel: no dbcreds_testing, so no demo."""
+    probe = ("import sys; sys.path[:0] = [sys.argv[1]]; sys.path.append(sys.argv[2])\n"
+             "from dbcreds.cli import main\n"
+             "sys.exit(main(['demo', '--duration', '5']))")
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe, str(unpacked.code), str(unpacked.runtime)],
+        cwd=tmp_path, env={"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8"},
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "the demo needs a checkout of the dbcreds repository: make demo" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 # -- the unpacked zip works --------------------------------------------------------------------
 
 
@@ -379,7 +468,7 @@ def test_unpacked_zip_rotates_against_the_local_stack(
 ) -> None:
     """Secrets Manager's part (register the pending version, invoke four steps) is played by
     this test; each step is one fresh interpreter running the unpacked code's lambda_handler."""
-    from dbcreds.rotation.local import register_with_test_stack
+    from dbcreds_testing.endpoint import register_with_test_stack
 
     sm = stack.sm()
     stack.enable_rotation(app.secret_id)

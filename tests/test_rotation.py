@@ -315,6 +315,27 @@ def test_driver_with_rotate_secret_on_a_moto_lambda_stub(stack: Any, sm: Any) ->
     assert logs_in(stack, rot.doc()) and not logs_in(stack, rot.doc("AWSPREVIOUS"))
 
 
+def test_driver_default_registration_is_rotate_secret_on_the_stack(
+    stack: Any, rot: Rotatable
+) -> None:
+    """The driver knows no private route of the stack: it calls RotateSecret, which the stack
+    answers as AWS would for a function that does nothing (the driver runs the steps)."""
+    before = stack.secrets.count("RotateSecret", rot.secret_id)
+    run = rot.rotate()
+    assert run.completed and run.registered
+    assert stack.secrets.count("RotateSecret", rot.secret_id) == before + 1
+    stages = rot.sm.describe_secret(SecretId=rot.secret_id)["VersionIdsToStages"]
+    assert "AWSCURRENT" in stages[run.token]
+    assert logs_in(stack, rot.doc()) and not logs_in(stack, rot.doc("AWSPREVIOUS"))
+
+
+def test_stack_registrar_needs_no_rotate_secret(stack: Any, rot: Rotatable) -> None:
+    before = stack.secrets.count("RotateSecret", rot.secret_id)
+    run = rot.rotate(register=stack.secrets.registrar())
+    assert run.completed
+    assert stack.secrets.count("RotateSecret", rot.secret_id) == before
+
+
 def test_lambda_handler_runs_the_steps_and_logs_one_json_line_each(
     stack: Any, rot: Rotatable, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -21,7 +21,7 @@ from dbcreds.rotation.connect import tls_policy
 from dbcreds.rotation.events import RotationEvent, Versions, check_versions
 from dbcreds.rotation.exceptions import NoWorkingCredentials, RotationError, scrub
 from dbcreds.rotation.guard import name_violations, pg_truncate
-from dbcreds.rotation.local import _name_of, is_aws_endpoint
+from dbcreds.rotation.local import is_aws_endpoint
 from dbcreds.rotation.operations import log_step, notify_failure
 from dbcreds.rotation.steps import _PROVEN_MAX, _proven, _remember_proven, _was_proven
 from dbcreds.rotation.strategies import MAX_ROLE_NAME_BYTES, alternate_username
@@ -254,11 +254,13 @@ def test_finish_memo_is_bounded_and_holds_only_ids() -> None:
         _proven.update(saved)
 
 
-def test_name_of_arn() -> None:
-    assert _name_of("arn:aws:secretsmanager:us-east-1:1:secret:dbcreds-test/app-AbC123") == (
+def test_secret_name_of_arn() -> None:
+    from dbcreds_testing.endpoint import secret_name
+
+    assert secret_name("arn:aws:secretsmanager:us-east-1:1:secret:dbcreds-test/app-AbC123") == (
         "dbcreds-test/app"
     )
-    assert _name_of("plain/name") == "plain/name"
+    assert secret_name("plain/name") == "plain/name"
 
 
 def test_is_aws_endpoint() -> None:

@@ -17,8 +17,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from dbcreds.errors import is_auth_failure
-from dbcreds.testing import App, LocalStack, wait_until
-from dbcreds.testing._proc import pid_alive
+from dbcreds_testing import App, LocalStack, wait_until
+from dbcreds_testing._proc import pid_alive
 
 VIAS = ["postgres", "pgbouncer", "rds_proxy"]
 
@@ -303,7 +303,7 @@ def test_pgbouncer_restart(stack: LocalStack, app: App, which: str) -> None:
 def _start_cli_stack() -> tuple[subprocess.Popen[str], dict[str, Any]]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dbcreds.testing", "--json"],
+        [sys.executable, "-m", "dbcreds_testing", "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -313,7 +313,7 @@ def _start_cli_stack() -> tuple[subprocess.Popen[str], dict[str, Any]]:
     line = proc.stdout.readline()  # bounded: the stack's own start-up waits are bounded
     if not line:
         proc.wait(10)
-        pytest.fail(f"python -m dbcreds.testing exited with {proc.returncode}")
+        pytest.fail(f"python -m dbcreds_testing exited with {proc.returncode}")
     info = json.loads(line)
     assert info["pids"] and all(pid_alive(p) for p in info["pids"])
     assert "password" not in line.lower()

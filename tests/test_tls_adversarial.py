@@ -264,7 +264,7 @@ def test_no_rotation_step_sends_a_password(
                                      "password": password, "dbname": "app"})
     stack.enable_rotation(name)
     token = str(uuid.uuid4())
-    from dbcreds.rotation.local import register_with_test_stack
+    from dbcreds_testing.endpoint import register_with_test_stack
 
     register_with_test_stack(stack.secrets.url)(name, token)
     sm = stack.sm()

@@ -18,7 +18,7 @@ import pytest
 from dbcreds import CredentialPool, SecretProvider
 from dbcreds.rotation.events import RotationStep
 from dbcreds.rotation.local import rotate_locally
-from dbcreds.testing.workload import Workload, WorkloadReport
+from dbcreds_testing.workload import Workload, WorkloadReport
 
 pytestmark = pytest.mark.load
 

@@ -10,8 +10,9 @@
     run the four steps in this process against the configured endpoint, as Secrets Manager
     would (see ``dbcreds.rotation.local``).
 ``dbcreds demo [--duration S] [--threads N] [--rotations R] [--proxy rds-proxy|pgbouncer]``
-    rotation under load on a local stack, end to end (see ``dbcreds.demo``; needs the
-    ``demo`` extra, PostgreSQL's server binaries and PgBouncer).
+    rotation under load on a local stack, end to end (``make demo``). The demo and its local
+    stack live in ``dbcreds_testing``, which only a checkout of the repository has (no wheel
+    ships it); they also need the ``demo`` extra, PostgreSQL's server binaries and PgBouncer.
 
 Region, endpoint and credentials come from botocore's own settings (``AWS_REGION``,
 ``AWS_ENDPOINT_URL_SECRETS_MANAGER``, ...). Exit status: 0 success, 1 failure, 2 usage.
@@ -66,10 +67,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="--local: stop after this step (simulates a crash)")
     rotate.add_argument("--token", help="ClientRequestToken (--local: resume a stopped rotation)")
 
-    from .demo import add_arguments as demo_arguments  # stdlib only: cheap
-
-    demo_arguments(sub.add_parser(
-        "demo", help="rotation under load on a local stack, end to end (make demo)"))
+    # The demo's own parser (dbcreds_testing.demo) reads its options, --help included: the
+    # other commands never import dbcreds_testing, which a plain install does not have.
+    sub.add_parser("demo", add_help=False,
+                   help="rotation under load on a local stack, end to end (make demo)")
     return parser
 
 
@@ -77,7 +78,12 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
          err: TextIO | None = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "demo":
+        return _demo(rest, out, err)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "check":
         return _check(args, out, err)
     if args.command == "rotate":
@@ -85,9 +91,24 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
             print("dbcreds rotate: --pause and --stop-after need --local", file=err)
             return 2
         return _rotate_local(args, out, err) if args.local else _rotate_aws(args, out, err)
-    from .demo import run as run_demo
+    raise AssertionError(args.command)  # pragma: no cover - argparse allows no other
 
-    return run_demo(args, out, err)
+
+# -- demo ----------------------------------------------------------------------------------------
+
+def _demo(argv: list[str], out: TextIO, err: TextIO) -> int:
+    try:
+        from dbcreds_testing import demo
+    except ModuleNotFoundError as exc:
+        if exc.name != "dbcreds_testing":
+            raise
+        print("dbcreds demo: the demo needs a checkout of the dbcreds repository: make demo",
+              file=err)
+        return 2
+    parser = argparse.ArgumentParser(prog="dbcreds demo",
+                                     description="rotation under load on a local stack")
+    demo.add_arguments(parser)
+    return demo.run(parser.parse_args(argv), out, err)
 
 
 # -- check ---------------------------------------------------------------------------------------

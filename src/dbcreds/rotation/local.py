@@ -10,23 +10,20 @@ crash; run it again with the same token to resume, as Secrets Manager's retry wo
 Registering a version without a value is something only RotateSecret can do, and on AWS
 RotateSecret also invokes the deployed rotation function. So the default registration:
 
-* on a dbcreds test stack endpoint (``dbcreds.testing``: moto behind a control route), asks the
-  endpoint to register the version directly in moto's backend;
-* on another non-AWS endpoint (a plain moto server whose rotation Lambda is a stub, moto's
+* on a non-AWS endpoint (e.g. a moto server whose rotation Lambda is a stub, moto's
   ``lambda.use_docker=false``), calls RotateSecret with the secret's RotationLambdaARN;
 * on AWS, refuses: use ``dbcreds rotate SECRET`` (RotateSecret) there.
 
-Pass ``register=`` to do it another way.
+Pass ``register=`` (a `Registrar`) to do it another way.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
 
 from ..secret import AWSCURRENT
@@ -35,15 +32,11 @@ from .exceptions import RotationError, RotationNotEnabled
 from .handler import StepResult, default_client, run_step
 from .settings import RotationSettings
 
-if TYPE_CHECKING:
-    import urllib.request
-
 __all__ = [
     "LocalRotation",
     "Registrar",
     "is_aws_endpoint",
     "register_with_rotate_secret",
-    "register_with_test_stack",
     "rotate_locally",
 ]
 
@@ -80,16 +73,6 @@ def is_aws_endpoint(url: str | None) -> bool:
     return host.endswith((".amazonaws.com", ".amazonaws.com.cn", ".api.aws"))
 
 
-def register_with_test_stack(endpoint_url: str) -> Registrar:
-    """Registrar for a ``dbcreds.testing`` endpoint (its ``/_dbcreds/rotation`` route)."""
-
-    def register(secret_id: str, token: str) -> None:
-        _post(f"{endpoint_url.rstrip('/')}/_dbcreds/rotation",
-              {"secret_id": _name_of(secret_id), "pending": True, "token": token})
-
-    return register
-
-
 def register_with_rotate_secret(client: Any) -> Registrar:
     """Registrar that calls RotateSecret (for an endpoint whose rotation Lambda is a stub)."""
 
@@ -120,9 +103,6 @@ def _default_registrar(client: Any) -> Registrar:
             "version, and on AWS it invokes the deployed rotation function. Use "
             "`dbcreds rotate SECRET` (without --local), or pass register= to rotate_locally"
         )
-    assert url is not None
-    if _is_test_stack(url):
-        return register_with_test_stack(url)
     return register_with_rotate_secret(client)
 
 
@@ -181,46 +161,3 @@ def rotate_locally(
         if pause > 0 and i < len(steps) - 1:
             time.sleep(pause)
     return run
-
-
-def _name_of(secret_id: str) -> str:
-    """moto's backend keys secrets by name; accept an ARN too (``...:secret:NAME-abcdef``)."""
-    if secret_id.startswith("arn:") and ":secret:" in secret_id:
-        name = secret_id.split(":secret:", 1)[1]
-        head, sep, tail = name.rpartition("-")
-        return head if sep and len(tail) == 6 else name
-    return secret_id
-
-
-def _opener() -> urllib.request.OpenerDirector:
-    import urllib.request  # deferred: only a local rotation on a test endpoint needs it
-
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _is_test_stack(url: str) -> bool:
-    if urlparse(url).scheme not in ("http", "https"):
-        return False
-    try:
-        with _opener().open(f"{url.rstrip('/')}/_dbcreds/counts", timeout=5) as response:
-            return bool(response.status == 200 and "counts" in json.loads(response.read()))
-    except (OSError, ValueError):
-        return False
-
-
-def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(  # noqa: S310 (a local, non-AWS endpoint: checked)
-        url, data=json.dumps(body).encode(), method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with _opener().open(request, timeout=10) as response:
-            doc: dict[str, Any] = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        raise RotationError(
-            f"the endpoint refused to register the pending version: HTTP {exc.code}"
-        ) from None
-    return doc

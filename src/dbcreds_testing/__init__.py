@@ -9,7 +9,7 @@
 - `LocalStack`: all of the above, plus role and secret helpers.
 
 Importing this package imports only the standard library; psycopg, boto3 and moto are
-imported when used. Run ``python -m dbcreds.testing`` for a stack to play with.
+imported when used. Run ``python -m dbcreds_testing`` for a stack to play with.
 """
 
 from __future__ import annotations

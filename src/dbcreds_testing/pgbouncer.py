@@ -58,7 +58,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from .._aws import secret_call
+from dbcreds._aws import secret_call
+
 from . import _proc
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ADMIN_USER", "AUTH_USER", "Mode", "PgBouncer"]
 
-log = logging.getLogger("dbcreds.testing.pgbouncer")
+log = logging.getLogger("dbcreds_testing.pgbouncer")
 
 Mode = Literal["auth_query", "auth_file"]
 #: Role PgBouncer uses to run auth_query (created by the stack, no privileges but the function).

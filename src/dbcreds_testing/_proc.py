@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-log = logging.getLogger("dbcreds.testing")
+log = logging.getLogger("dbcreds_testing")
 
 #: Unprivileged account that runs PostgreSQL and PgBouncer when we are root (both refuse root).
 SERVICE_USER = "postgres"

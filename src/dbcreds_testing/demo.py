@@ -1,6 +1,6 @@
 """``dbcreds demo`` (``make demo``): rotation under load, end to end, on this machine.
 
-1. Starts the local stack (`dbcreds.testing.LocalStack`): PostgreSQL, PgBouncer checking the
+1. Starts the local stack (`dbcreds_testing.LocalStack`): PostgreSQL, PgBouncer checking the
    live database, PgBouncer behaving like RDS Proxy (it serves the AWSCURRENT password it
    re-reads from Secrets Manager about every second), and a Secrets Manager endpoint (moto)
    that counts requests.
@@ -47,7 +47,7 @@ STEP_COLORS = {"createSecret": "#9ecae1", "setSecret": "#fdae6b", "testSecret": 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The demo's options (shared by ``dbcreds demo`` and ``python -m dbcreds.demo``)."""
+    """The demo's options (shared by ``dbcreds demo`` and ``python -m dbcreds_testing.demo``)."""
     parser.add_argument("--duration", type=float, default=30.0, metavar="S",
                         help="seconds of workload (default 30)")
     parser.add_argument("--threads", type=int, default=8, metavar="N",
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | Non
         return 2
 
     console = Console(file=out, highlight=False)
-    from .testing import LocalStack
+    from . import LocalStack
 
     console.print(f"[bold]dbcreds demo[/]: {args.threads} threads through "
                   f"{PROXY_TEXT[args.proxy]}, {args.rotations} rotation(s) in "
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | Non
     try:
         return _run_on(stack, args, console)
     finally:
-        from . import close_default_pool
+        from dbcreds import close_default_pool
 
         close_default_pool()
         stack.close()
@@ -141,9 +141,10 @@ def _run_on(stack: Any, args: argparse.Namespace, console: Any) -> int:
 
 
 def _run_workload(stack: Any, app: Any, args: argparse.Namespace, console: Any) -> int:
-    from . import get_connection
-    from .rotation.local import rotate_locally
-    from .testing.workload import Workload
+    from dbcreds import get_connection
+    from dbcreds.rotation.local import rotate_locally
+
+    from .workload import Workload
 
 
     # The rotation's own Secrets Manager calls are marked as the stack's: the endpoint's

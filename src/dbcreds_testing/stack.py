@@ -21,7 +21,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from .._aws import secret_call
+from dbcreds._aws import secret_call
+
 from . import _proc, roles
 from .endpoint import SecretsManagerEndpoint
 from .pgbouncer import PgBouncer

@@ -3,6 +3,14 @@
 Real boto3 clients talk HTTP to it on a free 127.0.0.1 port. It runs moto in a child process
 (see ``_motoserver.py`` for why) behind a layer that counts requests per operation and secret
 and simulates outages without touching moto's stored secrets.
+
+Only this module and ``_motoserver.py`` know the layer's ``/_dbcreds/*`` control routes; the
+product (``dbcreds``) knows none of them. For the local rotation driver
+(`dbcreds.rotation.local.rotate_locally`) the endpoint behaves like AWS: RotateSecret on a
+secret whose rotation function is `DEFAULT_ROTATION_LAMBDA_ARN` registers the AWSPENDING
+version and invokes nothing, so the driver's default registration (RotateSecret) works here.
+`register_with_test_stack` registers the version without RotateSecret (and without rotation
+being enabled).
 """
 
 from __future__ import annotations
@@ -17,20 +25,25 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from . import _motoserver, _proc
 
-__all__ = ["DEFAULT_ROTATION_LAMBDA_ARN", "FaultKind", "RequestCount", "SecretsManagerEndpoint"]
+__all__ = [
+    "DEFAULT_ROTATION_LAMBDA_ARN",
+    "FaultKind",
+    "RequestCount",
+    "SecretsManagerEndpoint",
+    "register_with_test_stack",
+]
 
 FaultKind = Literal["unavailable", "throttling", "internal"]
-REGION = "us-east-1"
-#: What ``enable_rotation`` records as the rotation Lambda (nothing is ever invoked there).
-DEFAULT_ROTATION_LAMBDA_ARN = (
-    f"arn:aws:lambda:{REGION}:{_motoserver.ACCOUNT_ID}:function:dbcreds-rotation"
-)
+REGION = _motoserver.REGION
+#: What ``enable_rotation`` records as the rotation Lambda. Nothing is ever invoked there:
+#: RotateSecret only registers the AWSPENDING version (the local driver runs the steps).
+DEFAULT_ROTATION_LAMBDA_ARN = _motoserver.LOCAL_ROTATION_FUNCTION
 _ARN_SUFFIX = re.compile(r"-[A-Za-z0-9]{6}$")
 
 
@@ -303,21 +316,45 @@ class SecretsManagerEndpoint(_proc.Service):
     def register_pending(self, secret_id: str, token: str | None = None) -> str:
         """What AWS's RotateSecret does before invoking createSecret: an AWSPENDING version id
         with no value (AWSPENDING moved off any other version). Returns the token."""
-        doc = self._control("rotation", {"secret_id": secret_id, "pending": True, "token": token})
-        return str(doc["VersionId"])
+        return _register_pending(self.url, secret_id, token)
+
+    def registrar(self) -> Callable[[str, str], None]:
+        """A `dbcreds.rotation.local.Registrar` for this endpoint (`register_pending`)."""
+        return register_with_test_stack(self.url)
 
     # -- plumbing ------------------------------------------------------------------------------
     def _control(self, route: str, body: dict[str, Any] | None) -> dict[str, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(  # noqa: S310 (our own http://127.0.0.1 endpoint)
-            f"{self.url}/_dbcreds/{route}", data=data, method="POST" if data else "GET"
-        )
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        try:
-            with opener.open(request, timeout=10) as response:
-                doc: dict[str, Any] = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            raise RuntimeError(
-                f"moto control {route}: {exc.read().decode(errors='replace')}"
-            ) from exc
-        return doc
+        return _control(self.url, route, body)
+
+
+def register_with_test_stack(endpoint_url: str) -> Callable[[str, str], None]:
+    """A `dbcreds.rotation.local.Registrar` for the endpoint at ``endpoint_url``: registers the
+    AWSPENDING version directly in moto's backend (no RotateSecret, nothing invoked)."""
+
+    def register(secret_id: str, token: str) -> None:
+        _register_pending(endpoint_url, secret_id, token)
+
+    return register
+
+
+def _register_pending(url: str, secret_id: str, token: str | None) -> str:
+    body = {"secret_id": secret_name(secret_id), "pending": True, "token": token}
+    return str(_control(url, "rotation", body)["VersionId"])
+
+
+def _control(url: str, route: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    """One request to the layer's ``/_dbcreds/<route>`` (GET without a body, else POST)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(  # noqa: S310 (our own http://127.0.0.1 endpoint)
+        f"{url.rstrip('/')}/_dbcreds/{route}", data=data, method="POST" if data else "GET",
+        headers={"Content-Type": "application/json"},
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=10) as response:
+            doc: dict[str, Any] = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(
+            f"moto control {route}: {exc.read().decode(errors='replace')}"
+        ) from exc
+    return doc

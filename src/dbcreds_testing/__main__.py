@@ -1,4 +1,4 @@
-"""``python -m dbcreds.testing``: start the local stack, print how to reach it, wait.
+"""``python -m dbcreds_testing``: start the local stack, print how to reach it, wait.
 
 Prints the environment for boto3 (dummy keys, the endpoint URL) and each server's address;
 never a password. Stops everything on Ctrl-C / SIGTERM. ``--json`` prints one JSON line
@@ -18,7 +18,7 @@ from .stack import LocalStack
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dbcreds.testing", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dbcreds_testing", description=__doc__)
     parser.add_argument("--json", action="store_true", help="print one JSON line, then wait")
     parser.add_argument("--app", metavar="PREFIX", help="also create a role + secret PREFIX_xxxx")
     parser.add_argument("--log-statement", action="store_true", help="log_statement=all")

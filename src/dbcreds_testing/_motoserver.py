@@ -15,7 +15,11 @@ The layer in front of moto:
   is untouched), optionally only for some operations, and can add latency;
 - offers ``/_dbcreds/*`` control routes: ``GET counts``, ``POST reset``, ``POST fault``,
   ``POST rotation`` (mark rotation enabled / register an AWSPENDING version without invoking
-  any Lambda), ``POST shutdown``.
+  any Lambda), ``POST shutdown``;
+- answers Secrets Manager's RotateSecret itself for a secret whose rotation function is
+  ``LOCAL_ROTATION_FUNCTION``: like AWS, it registers the AWSPENDING version (no value) and
+  returns; unlike AWS it invokes nothing, the local rotation driver runs the steps. (moto would
+  look the function up in its Lambda backend and fail.) Other RotateSecret calls go to moto.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ from urllib.parse import parse_qs
 
 STACK_MARKER = "dbcreds-testing-stack"
 ACCOUNT_ID = "123456789012"
+REGION = "us-east-1"
+#: the rotation function of the stack's secrets: no such Lambda, RotateSecret invokes nothing
+LOCAL_ROTATION_FUNCTION = f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:dbcreds-rotation"
 
 #: fault kind -> (HTTP status, AWS error code)
 FAULTS: dict[str, tuple[int, str]] = {
@@ -93,9 +100,13 @@ class Layer:
                 status,
                 {
                     "__type": code,
-                    "message": f"{code}: simulated by dbcreds.testing for {operation}",
+                    "message": f"{code}: simulated by dbcreds_testing for {operation}",
                 },
             )
+        if service == "secretsmanager" and operation == "RotateSecret":
+            answer = _rotate_secret(environ, body)
+            if answer is not None:
+                return _json(start_response, 200, answer)
         return self.inner(environ, start_response)
 
     # -- control routes ----------------------------------------------------------------------
@@ -157,6 +168,29 @@ def _identify(environ: dict[str, Any], body: bytes) -> tuple[str, str, str]:
     return service, operation, ""
 
 
+def _rotate_secret(environ: dict[str, Any], body: bytes) -> dict[str, Any] | None:
+    """RotateSecret for a secret rotated by ``LOCAL_ROTATION_FUNCTION`` (None: moto's turn)."""
+    from moto.secretsmanager.models import secretsmanager_backends
+
+    try:
+        doc = json.loads(body or b"{}")
+    except ValueError:
+        return None
+    match = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+    region = match.group(1) if match else REGION
+    secret_id = str(doc.get("SecretId") or "")
+    secret: Any = secretsmanager_backends[ACCOUNT_ID][region].secrets.get(secret_id)
+    if secret is None:
+        return None  # moto answers ResourceNotFoundException
+    function = doc.get("RotationLambdaARN") or secret.rotation_lambda_arn
+    if function != LOCAL_ROTATION_FUNCTION:
+        return None
+    out = _rotation({"secret_id": secret.name, "region": region, "pending": True,
+                     "token": doc.get("ClientRequestToken")})
+    secret.rotation_lambda_arn = function
+    return out
+
+
 def _rotation(args: dict[str, Any]) -> dict[str, Any]:
     """Set rotation metadata on a secret directly in moto's backend (no Lambda is invoked).
 
@@ -167,7 +201,7 @@ def _rotation(args: dict[str, Any]) -> dict[str, Any]:
     """
     from moto.secretsmanager.models import secretsmanager_backends
 
-    backend = secretsmanager_backends[ACCOUNT_ID][args.get("region") or "us-east-1"]
+    backend = secretsmanager_backends[ACCOUNT_ID][args.get("region") or REGION]
     secret: Any = backend.secrets[args["secret_id"]]
     out: dict[str, Any] = {"ARN": secret.arn, "Name": secret.name}
     if args.get("enable"):
