@@ -410,3 +410,37 @@ def test_tls_settings_in_kwargs_are_read_as_the_configured_tls(
                 assert conn.pgconn.ssl_in_use
                 dsn = conn.info.dsn
         assert "sslmode=require" in dsn and "channel_binding=require" in dsn
+
+
+TYPED = '''
+from typing import Any
+from psycopg import AsyncConnection, Connection
+from dbcreds import SecretProvider
+from dbcreds.aio import AsyncCredentialPool
+from dbcreds.pool import CredentialPool
+
+class MyConnection(Connection[Any]): ...
+class MyAsync(AsyncConnection[Any]): ...
+
+p = CredentialPool[MyConnection](SecretProvider("x"), connection_class=MyConnection)
+reveal_type(p.getconn())
+reveal_type(CredentialPool(SecretProvider("x"), connection_class=MyConnection))
+bad = CredentialPool[MyConnection](SecretProvider("x"), connection_class=Connection)
+
+async def f() -> None:
+    a = AsyncCredentialPool[MyAsync](SecretProvider("x"), connection_class=MyAsync)
+    reveal_type(await a.getconn())
+'''
+
+
+def test_the_connection_type_is_checked_statically(tmp_path: Any) -> None:
+    """``connection_class`` is typed as psycopg_pool's: mypy infers and checks it."""
+    mypy_api = pytest.importorskip("mypy.api")
+    path = tmp_path / "typed.py"
+    path.write_text(TYPED)
+    out, _, _ = mypy_api.run(["--strict", "--no-incremental", str(path)])
+    assert 'Revealed type is "typed.MyConnection"' in out
+    assert 'Revealed type is "dbcreds.pool.CredentialPool[typed.MyConnection]"' in out
+    assert 'Revealed type is "typed.MyAsync"' in out
+    assert 'incompatible type "type[Connection[Any]]"; expected "type[MyConnection]"' in out
+    assert "Found 1 error" in out, out
