@@ -444,3 +444,14 @@ def test_the_connection_type_is_checked_statically(tmp_path: Any) -> None:
     assert 'Revealed type is "typed.MyAsync"' in out
     assert 'incompatible type "type[Connection[Any]]"; expected "type[MyConnection]"' in out
     assert "Found 1 error" in out, out
+
+
+@pytest.mark.parametrize("cls", SYNC + ASYNC, ids=ids(SYNC + ASYNC))
+def test_conninfo_and_kwargs_attributes_are_what_was_given(cls: Any) -> None:
+    """psycopg_pool reads ``pool.conninfo``/``pool.kwargs`` at each attempt: they are the very
+    objects given (changing them changes the next connections), for both classes."""
+    given: dict[str, Any] = {"application_name": "given"}
+    info = "connect_timeout=5"
+    args = (SecretProvider("some/secret"),) if cls in (CredentialPool, AsyncCredentialPool) else ()
+    pool = cls(*args, conninfo=info, kwargs=given, open=False)
+    assert pool.kwargs is given and pool.conninfo is info

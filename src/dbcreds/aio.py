@@ -32,7 +32,7 @@ import asyncio
 import logging
 import threading
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar, cast
 
@@ -193,7 +193,7 @@ class AsyncCredentialPool(CredentialPoolMixin, HookedAsyncConnectionPool[ACT]):
         sslrootcert: str | None = None,
         auth_retry_budget: float = 5.0,
         conninfo: str | Callable[[], str] | Callable[[], Awaitable[str]] = "",
-        kwargs: Mapping[str, Any]
+        kwargs: dict[str, Any]
         | Callable[[], dict[str, Any]]
         | Callable[[], Awaitable[dict[str, Any]]]
         | None = None,
@@ -211,7 +211,7 @@ class AsyncCredentialPool(CredentialPoolMixin, HookedAsyncConnectionPool[ACT]):
         super().__init__(
             conninfo,
             connection_class=_async_connection_class(connection_class, self),
-            kwargs=kwargs if kwargs is None or callable(kwargs) else dict(kwargs),
+            kwargs=kwargs,  # as given (psycopg_pool's attribute): read at each attempt
             open=open,
             name=name,
             **pool_kwargs,

@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, cast
 
 from psycopg import Connection, OperationalError
@@ -105,7 +105,7 @@ class CredentialPool(CredentialPoolMixin, HookedConnectionPool[CT]):
         sslrootcert: str | None = None,
         auth_retry_budget: float = 5.0,
         conninfo: str | Callable[[], str] = "",
-        kwargs: Mapping[str, Any] | Callable[[], dict[str, Any]] | None = None,
+        kwargs: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
         connection_class: type[CT] = cast("type[CT]", Connection),  # noqa: B008
         open: bool | None = None,
         name: str | None = None,
@@ -119,7 +119,7 @@ class CredentialPool(CredentialPoolMixin, HookedConnectionPool[CT]):
         super().__init__(
             conninfo,
             connection_class=_credential_connection_class(connection_class, self),
-            kwargs=kwargs if kwargs is None or callable(kwargs) else dict(kwargs),
+            kwargs=kwargs,  # as given (psycopg_pool's attribute): read at each attempt
             open=open,
             name=name,
             **pool_kwargs,
