@@ -2,6 +2,7 @@
 #   make demo   the end-to-end demo (local PostgreSQL + PgBouncer + Secrets Manager endpoint)
 #   make test   the test suite against the same real stack
 #   make lint   ruff + mypy --strict
+#   make test-matrix  the pool tests with the oldest and the newest supported psycopg/psycopg_pool
 #   make package  the rotation Lambda zip (see rotation/README.md)
 #   make checkov  checkov (pinned, in its own .venv-checkov) on rotation/template.yaml
 PYTHON ?= python3
@@ -10,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: test lint checkov demo bench package system-deps venv clean
+.PHONY: test test-matrix lint checkov demo bench package system-deps venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +34,31 @@ system-deps:
 
 test: system-deps $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The pool tests (the seam's contract, the psycopg_pool contract, the sync and asyncio pools)
+# with the oldest and the newest psycopg/psycopg_pool of the supported range (pyproject.toml).
+# Each end is a venv of its own (.venv-matrix-<end>) holding only psycopg, psycopg-binary and
+# psycopg_pool; everything else (dbcreds itself, pytest, the test stack's dependencies) comes
+# from .venv, appended to its sys.path by a .pth file, so its own psycopg comes first.
+MATRIX_OLDEST ?= psycopg==3.2.0 psycopg-binary==3.2.0 psycopg-pool==3.3.0 typing-extensions==4.6.0
+MATRIX_NEWEST ?= psycopg<3.4 psycopg-binary<3.4 psycopg-pool<3.4 typing-extensions
+MATRIX_TESTS ?= tests/test_pool_compat.py tests/test_pool_contract.py tests/test_pool.py \
+  tests/test_aio.py
+
+define matrix_run
+	test -x .venv-matrix-$(1)/bin/python || "$$($(PY) -c 'import os, sys; \
+	  print(os.path.join(sys.base_prefix, "bin", "python%d.%d" % sys.version_info[:2]))')" \
+	  -m venv .venv-matrix-$(1)
+	.venv-matrix-$(1)/bin/python -m pip install -q --upgrade $(foreach r,$(2),'$(r)')
+	$(PY) -c 'import sysconfig; print("import site; site.addsitedir(%r)" % sysconfig.get_paths()["purelib"])' \
+	  > "$$(.venv-matrix-$(1)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz-dbcreds-dev.pth"
+	.venv-matrix-$(1)/bin/python -c 'import psycopg, psycopg_pool; print("$(1): psycopg", psycopg.__version__, "psycopg_pool", psycopg_pool.__version__, "libpq", psycopg.pq.version())'
+	.venv-matrix-$(1)/bin/python -m pytest -q -p no:cacheprovider $(MATRIX_TESTS) $(PYTEST_ARGS)
+endef
+
+test-matrix: system-deps $(STAMP)
+	$(call matrix_run,oldest,$(MATRIX_OLDEST))
+	$(call matrix_run,newest,$(MATRIX_NEWEST))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks rotation
@@ -94,4 +120,4 @@ bench: system-deps $(BENCH_STAMP)
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .venv-matrix-oldest .venv-matrix-newest build dist .pytest_cache .mypy_cache .ruff_cache

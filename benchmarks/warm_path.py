@@ -32,13 +32,14 @@ def warm_path(stack: Any, *, blocks: int = 20, per_block: int = 250) -> dict[str
 
     import dbcreds
     from dbcreds.config import Settings
+    from dbcreds.pool import build_pool
 
     app = stack.new_app("bench_warm")
     host, port = stack.address("rds_proxy")
     env = {"DBCREDS_SECRET_ID": app.secret_id, "DBCREDS_HOST": host, "DBCREDS_PORT": str(port)}
     os.environ.update(env)
     dbcreds.close_default_pool()
-    no_check = Settings.from_env({**env, "DBCREDS_POOL_CHECK": "0"}).build_pool()
+    no_check = build_pool(Settings.from_env({**env, "DBCREDS_POOL_CHECK": "0"}))
     static = {"host": host, "port": port, "dbname": stack.dbname, "user": app.username,
               "password": app.password, "prepare_threshold": None}
     raw = ConnectionPool(kwargs=static, min_size=1, max_size=1, open=True)

@@ -31,7 +31,8 @@ from dbcreds import AuthenticationFailed, ConfigurationError, CredentialPool
 from dbcreds.aio import AsyncCredentialPool
 from dbcreds.config import Settings
 from dbcreds.iam import TOKEN_LIFETIME, IamAuthSource
-from dbcreds.login import CredentialSource
+from dbcreds.login import CredentialSource, source_for
+from dbcreds.pool import build_pool
 from dbcreds.tls import system_trust_file
 
 HOST = "orders.proxy-abc123.eu-west-1.rds.amazonaws.com"
@@ -336,7 +337,7 @@ def test_settings_build_an_iam_pool_from_the_environment(fake_aws: None) -> None
     env = {"DBCREDS_IAM_USER": "app_user", "DBCREDS_HOST": HOST, "DBCREDS_DBNAME": "orders",
            "DBCREDS_SSLMODE": "verify-full"}
     settings = Settings.from_env(env)
-    source = settings.build_source()
+    source = source_for(settings)
     assert isinstance(source, IamAuthSource)
     assert (source.host, source.port, source.username, source.dbname) == (
         HOST, 5432, "app_user", "orders"
@@ -353,4 +354,4 @@ def test_settings_build_an_iam_pool_from_the_environment(fake_aws: None) -> None
         Settings.from_env({**env, "DBCREDS_SSLMODE": "prefer"})
     for weak in ("require", "disable"):
         with pytest.raises(ConfigurationError, match="verified server"):
-            Settings.from_env({**env, "DBCREDS_SSLMODE": weak}).build_pool()
+            build_pool(Settings.from_env({**env, "DBCREDS_SSLMODE": weak}))

@@ -65,9 +65,9 @@ def test_the_integrations_register_their_defaults() -> None:
 
     names = {d.name: d for d in _registry.registered_defaults()}
     assert names["psycopg_pool"].reopen is dbcreds.pool.default_pool
-    assert names["psycopg_pool_async"].reopen is None
+    assert names["psycopg_pool.asyncio"].reopen is None
     assert names["psycopg_pool"].close() is False  # no default pool: nothing to close
-    assert names["psycopg_pool_async"].close() is False
+    assert names["psycopg_pool.asyncio"].close() is False
 
 
 def test_snapstart_knows_no_integration() -> None:

@@ -14,8 +14,10 @@ differs:
 * the connection attempts (``AsyncConnection.connect``) and the waits (``asyncio.sleep``)
   run on the event loop: a task waiting out a rotation holds no thread.
 
-The connect parameters and the failure state come from ``pool.PoolLogin``, shared with the
-sync pool.
+The connect parameters, the TLS policy, the failure state, the name and the statistics come
+from ``login.PoolLogin`` and ``login.CredentialPoolMixin``, shared with the sync pool (this
+module does not import ``pool.py``); psycopg_pool's internals are reached through
+``_pool_compat.py`` only.
 
 **Event loops in Lambda.** An async pool belongs to the event loop that opened it. A handler
 that calls ``asyncio.run()`` per invocation gets a new loop each time, which would throw the
@@ -29,24 +31,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
+from psycopg import AsyncConnection, OperationalError
 
-from ._registry import register_default
+from . import _registry
+from ._pool_compat import ACT, HookedAsyncConnectionPool, afail_waiting, take_idle_connections
 from .config import Settings
 from .errors import DbcredsError
-from .login import CredentialSource, Done, Plan, Wait, advance
-from .pool import LOGIN_FAILURES, PoolLogin, _again
+from .login import (
+    LOGIN_FAILURES,
+    CredentialPoolMixin,
+    CredentialSource,
+    Done,
+    Plan,
+    Wait,
+    advance,
+    again,
+    source_for,
+)
 from .provider import SecretProvider
 from .secret import DbSecret
 
 __all__ = [
     "AsyncCredentialPool",
     "AsyncSecretProvider",
+    "build_async_pool",
     "close_default_async_pool",
     "default_async_pool",
     "drive_async",
@@ -149,13 +162,22 @@ async def drive_async(plan: Plan, attempt: Callable[[DbSecret], Awaitable[C]]) -
         raise RuntimeError("login plan went on after a successful login")  # pragma: no cover
 
 
-class AsyncCredentialPool(AsyncConnectionPool[AsyncConnection[Any]]):
+class AsyncCredentialPool(CredentialPoolMixin, HookedAsyncConnectionPool[ACT]):
     """`CredentialPool` for asyncio: same parameters, same login policy, same guarantees.
+
+    A `psycopg_pool.AsyncConnectionPool` in every documented respect (generic in the
+    connection type: ``AsyncCredentialPool[MyAsyncConnection]``), plus what `CredentialPool`
+    adds, with the same deliberate differences (see its docstring).
 
     :param provider: a credential source (`SecretProvider`, ``iam.IamAuthSource``, ...) or an
         `AsyncSecretProvider` (its source is used, so the cache is shared with it).
-    :param open: as for psycopg_pool (default False: ``async with AsyncCredentialPool(...)``
-        or ``await pool.open()``; opening an async pool in its constructor is deprecated).
+    :param conninfo, kwargs: as for psycopg_pool: also callables (sync or async) called at each
+        connection attempt.
+    :param open: as for psycopg_pool 3.3: opening an async pool in its constructor is
+        deprecated, so use ``async with AsyncCredentialPool(...) as pool`` or pass
+        ``open=False`` and ``await pool.open()``. None (the default) opens the pool now if a
+        loop is running (RuntimeError otherwise) and warns (RuntimeWarning) at its first use
+        unless it is used as a context manager; True warns (RuntimeWarning) at once.
 
     Other parameters as for `CredentialPool`.
     """
@@ -170,34 +192,34 @@ class AsyncCredentialPool(AsyncConnectionPool[AsyncConnection[Any]]):
         sslmode: str | None = None,
         sslrootcert: str | None = None,
         auth_retry_budget: float = 5.0,
-        conninfo: str = "",
-        kwargs: dict[str, Any] | None = None,
-        connection_class: type[AsyncConnection[Any]] = AsyncConnection,
-        open: bool = False,
+        conninfo: str | Callable[[], str] | Callable[[], Awaitable[str]] = "",
+        kwargs: dict[str, Any]
+        | Callable[[], dict[str, Any]]
+        | Callable[[], Awaitable[dict[str, Any]]]
+        | None = None,
+        connection_class: type[ACT] = cast("type[ACT]", AsyncConnection),  # noqa: B008
+        open: bool | None = None,
+        name: str | None = None,
         **pool_kwargs: Any,
     ) -> None:
         source = provider.provider if isinstance(provider, AsyncSecretProvider) else provider
-        self.provider = source
-        self.credentials = PoolLogin(
-            source, host=host, port=port, dbname=dbname, sslmode=sslmode, kwargs=kwargs,
-            auth_retry_budget=auth_retry_budget, conninfo=conninfo, sslrootcert=sslrootcert,
+        name = self._setup_login(
+            source, name=name, conninfo=conninfo, kwargs=kwargs, host=host, port=port,
+            dbname=dbname, sslmode=sslmode, sslrootcert=sslrootcert,
+            auth_retry_budget=auth_retry_budget,
         )
-        self.login = self.credentials.policy
-        pool_kwargs.setdefault("name", f"dbcreds:{source.secret_id}")
         super().__init__(
             conninfo,
             connection_class=_async_connection_class(connection_class, self),
-            kwargs=self.credentials.connect_kwargs,
+            kwargs=kwargs,  # as given (psycopg_pool's attribute): read at each attempt
             open=open,
+            name=name,
             **pool_kwargs,
         )
 
-    def __repr__(self) -> str:
-        return f"<AsyncCredentialPool {self.name!r} secret={self.provider.secret_id!r}>"
-
     # -- callers --------------------------------------------------------------------------
 
-    async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:
+    async def getconn(self, timeout: float | None = None) -> ACT:
         self.credentials.raise_if_failed()
         return await super().getconn(timeout)
 
@@ -206,24 +228,12 @@ class AsyncCredentialPool(AsyncConnectionPool[AsyncConnection[Any]]):
         self.credentials.set_failure(None)
         await super().reconnect_failed()
 
-    def get_stats(self) -> dict[str, int]:
-        stats = super().get_stats()
-        stats["auth_failed"] = int(self.credentials.failure is not None)
-        return stats
-
     # -- the connect path (runs in the pool's worker tasks) ----------------------------
 
-    async def _return_connection(self, conn: AsyncConnection[Any], from_getconn: bool) -> None:
-        self.credentials.keep_through_window(conn)
-        await super()._return_connection(conn, from_getconn)
-
     async def _login(
-        self,
-        connect: Callable[..., Awaitable[AsyncConnection[Any]]],
-        conninfo: str,
-        kwargs: dict[str, Any],
-    ) -> AsyncConnection[Any]:
-        async def attempt(secret: DbSecret) -> AsyncConnection[Any]:
+        self, connect: Callable[..., Awaitable[ACT]], conninfo: str, kwargs: dict[str, Any]
+    ) -> ACT:
+        async def attempt(secret: DbSecret) -> ACT:
             info, params = self.credentials.params(conninfo, kwargs, secret)
             return await connect(info, **params)
 
@@ -238,29 +248,39 @@ class AsyncCredentialPool(AsyncConnectionPool[AsyncConnection[Any]]):
     async def _set_failure(self, failure: DbcredsError) -> None:
         self.credentials.set_failure(failure)
         # Fail the callers already waiting, as close() does with PoolClosed (see pool.py).
-        async with self._lock:
-            waiting = list(self._waiting)
-            self._waiting.clear()
-        for client in waiting:
-            await client.fail(_again(failure))
+        await afail_waiting(self, lambda: again(failure))
 
 
-def _async_connection_class(
-    base: type[AsyncConnection[Any]], pool: AsyncCredentialPool
-) -> type[AsyncConnection[Any]]:
-    """A subclass of *base* whose ``connect`` logs in through *pool*'s login policy."""
+def _async_connection_class(base: type[ACT], pool: AsyncCredentialPool[ACT]) -> type[ACT]:
+    """A subclass of *base* whose ``connect`` logs in through *pool*'s login policy (holding
+    the pool weakly, as the sync pool's does)."""
+    pool_ref = weakref.ref(pool)
 
     class AsyncCredentialConnection(base):  # type: ignore[valid-type,misc]
         @classmethod
         async def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
             parent = super().connect
-            return await pool._login(parent, conninfo, kwargs)
+            owner = pool_ref()
+            if owner is None:
+                raise OperationalError("the connection's pool is gone")
+            return await owner._login(parent, conninfo, kwargs)
 
     AsyncCredentialConnection.__qualname__ = f"AsyncCredentialConnection[{base.__qualname__}]"
-    return AsyncCredentialConnection
+    return cast("type[ACT]", AsyncCredentialConnection)
 
 
 # -- the default pool of get_async_connection() -------------------------------------------
+
+
+def build_async_pool(settings: Settings) -> AsyncCredentialPool:
+    """The pool *settings* describe (the default pool of `get_async_connection`), not yet
+    open (``await pool.open()`` on the loop it belongs to)."""
+    extra: dict[str, Any] = {}
+    if settings.pool_check:
+        extra["check"] = AsyncCredentialPool.check_connection
+    return AsyncCredentialPool(source_for(settings), **settings.pool_options(), open=False,
+                               **extra)
+
 
 _default: tuple[asyncio.AbstractEventLoop, AsyncCredentialPool] | None = None
 _default_lock = threading.Lock()
@@ -281,7 +301,7 @@ async def default_async_pool() -> AsyncCredentialPool:
             pool = _default[1]
         else:
             gone = _default
-            pool = Settings.from_env().build_async_pool()
+            pool = build_async_pool(Settings.from_env())
             _default = (loop, pool)
             created = True
     if gone is not None:
@@ -350,10 +370,9 @@ def _abandon(loop: asyncio.AbstractEventLoop, pool: AsyncCredentialPool) -> None
         pool.name,
     )
     pool.provider.invalidate()
-    for conn in list(pool._pool):
+    for conn in take_idle_connections(pool):
         with suppress(Exception):
             conn.pgconn.finish()
-    pool._pool.clear()
 
 
-register_default("psycopg_pool_async", _close_default_outside_loop)  # SnapStart: rebuilt on use
+_registry.register_default("psycopg_pool.asyncio", _close_default_outside_loop)

@@ -23,6 +23,9 @@ Every value is checked (``dbcreds._env``): numbers in ASCII digits, finite, in r
 1-65535; pool sizes integers); booleans ``true``/``false``/``1``/``0``/``yes``/``no``/``on``/
 ``off``. A bad value is a `ConfigurationError` naming the variable, not a silent default.
 
+Plain data: ``login.source_for(settings)`` builds the credential source, ``pool.build_pool`` and
+``aio.build_async_pool`` the default pools.
+
 Region and endpoint come from botocore's own settings (``AWS_DEFAULT_REGION``, set by Lambda,
 ``AWS_ENDPOINT_URL_SECRETS_MANAGER``); no password ever comes from the environment.
 """
@@ -32,15 +35,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import _env
 from .errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from .aio import AsyncCredentialPool
-    from .login import CredentialSource
-    from .pool import CredentialPool
 
 __all__ = ["Settings"]
 
@@ -108,19 +106,6 @@ class Settings:
             pool_max_lifetime=_env.number(env, "DBCREDS_POOL_MAX_LIFETIME", 3600.0, above=0),
         )
 
-    def build_source(self) -> CredentialSource:
-        """The credential source: the secret's `SecretProvider`, or an IAM token source."""
-        if self.iam_user:
-            from .iam import IamAuthSource
-
-            assert self.host, "checked by from_env"
-            return IamAuthSource(
-                self.host, self.port or 5432, self.iam_user, dbname=self.dbname or "postgres"
-            )
-        from .provider import SecretProvider
-
-        return SecretProvider(self.secret_id, ttl=self.secret_ttl)
-
     def pool_options(self) -> dict[str, Any]:
         """Keyword arguments shared by `CredentialPool` and `AsyncCredentialPool`."""
         return {
@@ -134,20 +119,3 @@ class Settings:
             "max_size": self.pool_max_size,
             "max_lifetime": self.pool_max_lifetime,
         }
-
-    def build_pool(self) -> CredentialPool:
-        from .pool import CredentialPool
-
-        extra: dict[str, Any] = {}
-        if self.pool_check:
-            extra["check"] = CredentialPool.check_connection
-        return CredentialPool(self.build_source(), **self.pool_options(), **extra)
-
-    def build_async_pool(self) -> AsyncCredentialPool:
-        """The default pool of ``get_async_connection()``, not yet open."""
-        from .aio import AsyncCredentialPool
-
-        extra: dict[str, Any] = {}
-        if self.pool_check:
-            extra["check"] = AsyncCredentialPool.check_connection
-        return AsyncCredentialPool(self.build_source(), **self.pool_options(), open=False, **extra)

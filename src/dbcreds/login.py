@@ -24,21 +24,30 @@ trusted, it offers no TLS, it asks for a cleartext password: see ``dbcreds.tls``
 plan at once with `UntrustedServer`: configuration, which no retry heals.
 
 Where credentials come from is a `CredentialSource`: `SecretProvider` (Secrets Manager) and
-``iam.IamAuthSource`` (RDS IAM auth tokens) both are one, and both plug into the same pools.
+``iam.IamAuthSource`` (RDS IAM auth tokens) both are one, and both plug into the same pools;
+`source_for` builds the one that `Settings` describe.
+
+`PoolLogin` and `CredentialPoolMixin` are what ``pool.CredentialPool`` and
+``aio.AsyncCredentialPool`` share above the driver: the connect parameters of each attempt,
+the TLS policy, the failure told to every caller, the name and the statistics. Nothing here
+imports psycopg or psycopg_pool (psycopg's ``conninfo_to_dict`` is imported when first used).
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from .errors import (
     AuthenticationFailed,
     AuthFailure,
+    ConfigurationError,
     DbcredsError,
     UntrustedServer,
     classify_auth_failure,
@@ -46,11 +55,17 @@ from .errors import (
     raise_clean,
 )
 from .secret import DbSecret
+from .tls import TlsPolicy, check_hosts, login_tls, tls_params_of
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 __all__ = [
-    "ConnectParamsPolicy", "CredentialSource", "Done", "LoginPolicy", "Try", "Wait", "advance",
-    "drive",
+    "LOGIN_FAILURES", "ConnectParamsPolicy", "CredentialPoolMixin", "CredentialSource", "Done",
+    "LoginPolicy", "PoolLogin", "Try", "Wait", "advance", "again", "drive", "source_for",
 ]
+
+_pool_logger = logging.getLogger("dbcreds.pool")  # the pools' logins log as the pools
 
 
 class CredentialSource(Protocol):
@@ -138,14 +153,14 @@ class LoginPolicy:
         self.backoff = backoff
         self.rotation_grace = rotation_grace
         self._clock = clock
-        self._lock = threading.Lock()
+        self._mutex = threading.Lock()
         self._preferred: DbSecret | None = None
         self._retrying = 0
 
     def first_choice(self) -> Try:
         """AWSCURRENT, unless another version is known to work and AWSCURRENT has not caught up."""
         current = self.provider.get()
-        with self._lock:
+        with self._mutex:
             preferred = self._preferred
             if preferred is not None and (
                 preferred.version_id == current.version_id or preferred.same_login(current)
@@ -215,7 +230,7 @@ class LoginPolicy:
         return self._retrying > 0
 
     def _count_retrying(self, delta: int) -> None:
-        with self._lock:
+        with self._mutex:
             self._retrying += delta
 
     # -- internals ----------------------------------------------------------------------
@@ -249,11 +264,11 @@ class LoginPolicy:
             return False
 
     def _worked(self, step: Try) -> None:
-        with self._lock:
+        with self._mutex:
             self._preferred = step.secret if step.stage == "AWSPENDING" else None
 
     def _refused(self, secret: DbSecret) -> None:
-        with self._lock:
+        with self._mutex:
             if self._preferred is not None and self._preferred.same_login(secret):
                 self._preferred = None
 
@@ -304,3 +319,276 @@ def drive(plan: Plan, attempt: Callable[[DbSecret], C], sleep: Callable[[float],
         if isinstance(advance(plan, None), Done):
             return conn
         raise RuntimeError("login plan went on after a successful login")  # pragma: no cover
+
+
+# -- what the sync and the asyncio pools share --------------------------------------------
+
+#: What ends a login plan for every caller at once (configuration, not bad luck).
+LOGIN_FAILURES = (AuthenticationFailed, UntrustedServer)
+
+#: seconds an expired connection is kept while a login waits out a rotation window
+_LIFETIME_GRACE = 1.0
+
+
+def again(failure: DbcredsError) -> DbcredsError:
+    """A fresh copy of *failure* to raise to one more caller (its own traceback)."""
+    fresh = getattr(failure, "again", None)
+    return fresh() if fresh is not None else failure
+
+
+def source_for(settings: Settings) -> CredentialSource:
+    """The credential source *settings* describe: the secret's `SecretProvider`, or an RDS
+    IAM token source (``DBCREDS_IAM_USER``)."""
+    if settings.iam_user:
+        from .iam import IamAuthSource
+
+        if not settings.host:
+            raise ConfigurationError("an IAM auth token source needs a host (DBCREDS_HOST)")
+        return IamAuthSource(
+            settings.host, settings.port or 5432, settings.iam_user,
+            dbname=settings.dbname or "postgres",
+        )
+    from .provider import SecretProvider
+
+    return SecretProvider(settings.secret_id, ttl=settings.secret_ttl)
+
+
+def _conninfo_to_dict(conninfo: str) -> dict[str, Any]:
+    if not conninfo:
+        return {}
+    from psycopg.conninfo import conninfo_to_dict  # psycopg only when a pool connects
+
+    return conninfo_to_dict(conninfo)
+
+
+class PoolLogin:
+    """The login side of a credential pool, shared by the sync and the asyncio pools.
+
+    Holds the `LoginPolicy` and the TLS policy (``dbcreds.tls``), builds the psycopg
+    parameters of each attempt (the pool's ``kwargs``, then the credentials, then the
+    host/port/dbname overrides, then the TLS policy, then the source's own word: see
+    `ConnectParamsPolicy`), and remembers the failure (`AuthenticationFailed`,
+    `UntrustedServer`) that callers are told at once until a login works again.
+
+    :param conninfo, kwargs: the pool's, when they are fixed (a string, a dict): the TLS
+        settings they name and the source's check apply now, at construction. None when the
+        pool's are callables (psycopg_pool calls them at each connection attempt): then both
+        apply at each attempt, to what the callables return.
+    """
+
+    def __init__(
+        self,
+        source: CredentialSource,
+        *,
+        host: str | None,
+        port: int | None,
+        dbname: str | None,
+        sslmode: str | None,
+        kwargs: Mapping[str, Any] | None,
+        auth_retry_budget: float,
+        conninfo: str | None = "",
+        sslrootcert: str | None = None,
+    ) -> None:
+        self.source = source
+        self.policy = LoginPolicy(source, budget=auth_retry_budget)
+        self.overrides = {
+            k: v for k, v in (("host", host), ("port", port), ("dbname", dbname)) if v is not None
+        }
+        self._sslmode = sslmode
+        self._sslrootcert = sslrootcert
+        self._policy = source if isinstance(source, ConnectParamsPolicy) else None
+        self._failure: DbcredsError | None = None
+        self._mutex = threading.Lock()
+        self._tls_by_key: dict[tuple[str | None, str | None], TlsPolicy] = {}
+        fixed = conninfo is not None and kwargs is not None
+        self._tls_key = self._key(conninfo or "", self.connect_kwargs(kwargs or {}))
+        self.tls = self._tls_for_key(self._tls_key)
+        if fixed and self._policy is not None:  # refuse a configuration the source refuses, now
+            assert conninfo is not None and kwargs is not None
+            self._policy.connect_params({
+                **_conninfo_to_dict(conninfo), **self.connect_kwargs(kwargs), **self.overrides,
+                **self.tls.params,
+            })
+        self.announce(self.tls)
+
+    @staticmethod
+    def connect_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The pool's kwargs with dbcreds' default: ``prepare_threshold=None`` (PgBouncer in
+        transaction mode and RDS Proxy break, or pin on, prepared statements)."""
+        return {"prepare_threshold": None, **kwargs}
+
+    def _key(
+        self, conninfo: str, kwargs: Mapping[str, Any]
+    ) -> tuple[str | None, str | None]:
+        """(sslmode, sslrootcert) as configured: the parameters, then the ``kwargs``, then the
+        conninfo (in that order of precedence)."""
+        mode, root = tls_params_of({**_conninfo_to_dict(conninfo), **kwargs})
+        return self._sslmode or mode, self._sslrootcert or root
+
+    def _tls_for_key(self, key: tuple[str | None, str | None]) -> TlsPolicy:
+        policy = self._tls_by_key.get(key)
+        if policy is None:
+            policy = login_tls(
+                sslmode=key[0],
+                sslrootcert=key[1],
+                token=getattr(self.source, "credential_kind", "password") == "token",
+                source="the pool's sslmode",
+                what=f"the pool of {self.source.secret_id!r}",
+            )
+            self._tls_by_key[key] = policy
+        return policy
+
+    def tls_for(self, conninfo: str, kwargs: Mapping[str, Any]) -> TlsPolicy:
+        """The TLS policy of an attempt with these (resolved) conninfo and kwargs: the pool's
+        own unless callables named other TLS settings (logged when first seen)."""
+        key = self._key(conninfo, kwargs)
+        if key == self._tls_key:
+            return self.tls
+        known = key in self._tls_by_key
+        policy = self._tls_for_key(key)
+        if not known:
+            self.announce(policy)
+        return policy
+
+    def announce(self, tls: TlsPolicy | None = None) -> None:
+        """Log how this pool logs in; a downgrade of TLS as a warning (at every pool start)."""
+        tls = tls or self.tls
+        if tls.downgrade is not None:
+            _pool_logger.warning("pool of %r: %s", self.source.secret_id, tls.downgrade)
+        else:
+            _pool_logger.debug("pool of %r logs in with TLS %s", self.source.secret_id,
+                               tls.describe())
+
+    def params(
+        self, conninfo: str, kwargs: Mapping[str, Any], secret: DbSecret
+    ) -> tuple[str, dict[str, Any]]:
+        """(conninfo, kwargs) for ``connect`` logging in with *secret*, from the conninfo and
+        kwargs that psycopg_pool resolved for this attempt.
+
+        A configuration that no retry heals (a Unix-domain socket with TLS, TLS settings or
+        an endpoint the source refuses) raises `UntrustedServer`: every caller is told at once.
+        """
+        kwargs = self.connect_kwargs(kwargs)
+        try:
+            tls = self.tls_for(conninfo, kwargs)
+        except ConfigurationError as exc:
+            raise UntrustedServer(self.source.secret_id, "the server", "the pool's TLS "
+                                  "settings are refused", str(exc)) from None
+        params = {**kwargs, **secret.connect_kwargs(), **self.overrides, **tls.params}
+        everything = {**_conninfo_to_dict(conninfo), **params}
+        try:
+            check_hosts(everything, tls)
+        except ConfigurationError as exc:
+            raise UntrustedServer(self.source.secret_id, f"host {params.get('host')!r}",
+                                  "a Unix-domain socket", str(exc)) from None
+        if self._policy is None:
+            return conninfo, params
+        # The source sees everything, conninfo included (psycopg lets kwargs win over it).
+        try:
+            return "", self._policy.connect_params(everything)
+        except ConfigurationError as exc:
+            raise UntrustedServer(self.source.secret_id, f"host {params.get('host')!r}",
+                                  "the credential source refused the parameters",
+                                  str(exc)) from None
+
+    @property
+    def failure(self) -> DbcredsError | None:
+        return self._failure
+
+    def raise_if_failed(self) -> None:
+        """Raise (a fresh copy of) the failure of the last login, if it failed."""
+        failure = self._failure
+        if failure is not None:
+            raise again(failure)
+
+    def expired_grace(self) -> float | None:
+        """Seconds to keep a connection past ``max_lifetime`` as it comes back to its pool.
+
+        psycopg_pool retires such a connection, and callers wait for its replacement
+        (break-before-make). While a login waits out a rotation window (``policy.retrying``)
+        that replacement cannot log in yet: keep the old connection a little longer instead.
+        """
+        return _LIFETIME_GRACE if self.policy.retrying else None
+
+    def set_failure(self, failure: DbcredsError | None) -> None:
+        if failure is not None:
+            _pool_logger.error("%s", failure)
+        with self._mutex:
+            self._failure = failure
+
+
+_pool_numbers = itertools.count(1)
+
+
+def pool_name(source: CredentialSource, name: str | None) -> str:
+    """*name*, or ``dbcreds:<secret>:<n>``: distinct for each pool of a process (as
+    psycopg_pool's ``pool-<n>``); its threads or tasks are named after it."""
+    return name or f"dbcreds:{source.secret_id}:{next(_pool_numbers)}"
+
+
+if TYPE_CHECKING:
+
+    class _PoolStats:
+        """What the mixin needs of the psycopg_pool class it is mixed into (typing only)."""
+
+        name: str
+
+        def get_stats(self) -> dict[str, int]: ...
+
+        def pop_stats(self) -> dict[str, int]: ...
+
+else:
+    _PoolStats = object
+
+
+class CredentialPoolMixin(_PoolStats):
+    """The members `CredentialPool` and `AsyncCredentialPool` share, above the I/O (mixed in
+    before the psycopg_pool class)."""
+
+    provider: CredentialSource
+    credentials: PoolLogin
+    login: LoginPolicy
+
+    def _setup_login(
+        self,
+        source: CredentialSource,
+        *,
+        name: str | None,
+        conninfo: str | Callable[..., Any],
+        kwargs: Mapping[str, Any] | Callable[..., Any] | None,
+        host: str | None,
+        port: int | None,
+        dbname: str | None,
+        sslmode: str | None,
+        sslrootcert: str | None,
+        auth_retry_budget: float,
+    ) -> str:
+        """Set up the login side (before psycopg_pool's ``__init__``); returns the pool name."""
+        self.provider = source
+        self.credentials = PoolLogin(
+            source, host=host, port=port, dbname=dbname, sslmode=sslmode,
+            sslrootcert=sslrootcert, auth_retry_budget=auth_retry_budget,
+            conninfo=None if callable(conninfo) else conninfo,
+            kwargs=None if callable(kwargs) else dict(kwargs or {}),
+        )
+        self.login = self.credentials.policy
+        return pool_name(source, name)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} secret={self.provider.secret_id!r}>"
+
+    def _expired_grace(self) -> float | None:
+        return self.credentials.expired_grace()
+
+    def get_stats(self) -> dict[str, int]:
+        """psycopg_pool's statistics, plus ``auth_failed``: 1 while callers are told that the
+        last login failed (`AuthenticationFailed`, `UntrustedServer`), else 0."""
+        return self._with_auth(super().get_stats())
+
+    def pop_stats(self) -> dict[str, int]:
+        """As `get_stats`, resetting psycopg_pool's counters (``auth_failed`` is a state)."""
+        return self._with_auth(super().pop_stats())
+
+    def _with_auth(self, stats: dict[str, int]) -> dict[str, int]:
+        stats["auth_failed"] = int(self.credentials.failure is not None)
+        return stats

@@ -13,8 +13,9 @@ when the login policy gives up, the pool fails every waiting caller at once with
 gives up reconnecting, after which the next caller triggers a fresh attempt). Errors that are
 not refusals (database down, network) keep psycopg_pool's behaviour.
 
-`PoolLogin` is what this pool and ``aio.AsyncCredentialPool`` share around the login policy
-(connect parameters, the failure told to callers); only the I/O differs between them.
+What this pool shares with ``aio.AsyncCredentialPool`` (connect parameters, TLS policy, the
+failure told to callers, name, statistics) is in ``login.py`` (`PoolLogin`,
+`CredentialPoolMixin`); what it needs of psycopg_pool's internals is in ``_pool_compat.py``.
 """
 
 from __future__ import annotations
@@ -22,161 +23,55 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+import weakref
+from collections.abc import Callable
+from typing import Any, cast
 
-from psycopg import Connection
-from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import ConnectionPool
+from psycopg import Connection, OperationalError
 
-from ._registry import register_default
+from . import _registry
+from ._pool_compat import CT, HookedConnectionPool, fail_waiting
 from .config import Settings
-from .errors import AuthenticationFailed, ConfigurationError, DbcredsError, UntrustedServer
-from .login import ConnectParamsPolicy, CredentialSource, LoginPolicy, drive
+from .errors import DbcredsError
+from .login import (
+    LOGIN_FAILURES,
+    CredentialPoolMixin,
+    CredentialSource,
+    PoolLogin,
+    again,
+    drive,
+    source_for,
+)
 from .secret import DbSecret
-from .tls import TlsPolicy, check_hosts, login_tls, tls_params_of
 
 __all__ = [
-    "LOGIN_FAILURES", "CredentialPool", "PoolLogin", "close_default_pool", "default_pool",
-    "get_connection",
+    "LOGIN_FAILURES", "CredentialPool", "PoolLogin", "build_pool", "close_default_pool",
+    "default_pool", "get_connection",
 ]
 
 logger = logging.getLogger("dbcreds.pool")
 
-#: seconds an expired connection is kept while a login waits out a rotation window
-_LIFETIME_GRACE = 1.0
 
-
-class PoolLogin:
-    """The login side of a credential pool, shared by the sync and the asyncio pools.
-
-    Holds the `LoginPolicy` and the TLS policy (``dbcreds.tls``), builds the psycopg
-    parameters of each attempt (pool kwargs, then the credentials, then the host/port/dbname
-    overrides, then the TLS policy, then the source's own word: see `ConnectParamsPolicy`),
-    and remembers the failure (`AuthenticationFailed`, `UntrustedServer`) that callers are
-    told at once until a login works again.
-    """
-
-    def __init__(
-        self,
-        source: CredentialSource,
-        *,
-        host: str | None,
-        port: int | None,
-        dbname: str | None,
-        sslmode: str | None,
-        kwargs: dict[str, Any] | None,
-        auth_retry_budget: float,
-        conninfo: str = "",
-        sslrootcert: str | None = None,
-    ) -> None:
-        self.source = source
-        self.policy = LoginPolicy(source, budget=auth_retry_budget)
-        self.overrides = {
-            k: v for k, v in (("host", host), ("port", port), ("dbname", dbname)) if v is not None
-        }
-        connect_kwargs: dict[str, Any] = {"prepare_threshold": None}
-        connect_kwargs.update(kwargs or {})
-        self.tls = self._tls_policy(conninfo, connect_kwargs, sslmode, sslrootcert)
-        self.connect_kwargs = connect_kwargs
-        self._policy = source if isinstance(source, ConnectParamsPolicy) else None
-        if self._policy is not None:  # refuse a configuration the source refuses, now
-            self._policy.connect_params(
-                {**conninfo_to_dict(conninfo), **connect_kwargs, **self.overrides,
-                 **self.tls.params}
-            )
-        self._failure: DbcredsError | None = None
-        self._lock = threading.Lock()
-        self.announce()
-
-    def _tls_policy(
-        self,
-        conninfo: str,
-        kwargs: dict[str, Any],
-        sslmode: str | None,
-        sslrootcert: str | None,
-    ) -> TlsPolicy:
-        """The one TLS policy of this pool's logins (``dbcreds.tls``).
-
-        ``sslmode``/``sslrootcert`` may come from the parameters, the ``kwargs`` or the
-        conninfo (in that order of precedence).
-        """
-        named = {**conninfo_to_dict(conninfo), **kwargs}
-        mode, root = tls_params_of(named)
-        mode = sslmode or mode
-        root = sslrootcert or root
-        return login_tls(
-            sslmode=mode,
-            sslrootcert=root,
-            token=getattr(self.source, "credential_kind", "password") == "token",
-            source="the pool's sslmode",
-            what=f"the pool of {self.source.secret_id!r}",
-        )
-
-    def announce(self) -> None:
-        """Log how this pool logs in; a downgrade of TLS as a warning (at every pool start)."""
-        if self.tls.downgrade is not None:
-            logger.warning("pool of %r: %s", self.source.secret_id, self.tls.downgrade)
-        else:
-            logger.debug("pool of %r logs in with TLS %s", self.source.secret_id,
-                         self.tls.describe())
-
-    def params(
-        self, conninfo: str, kwargs: dict[str, Any], secret: DbSecret
-    ) -> tuple[str, dict[str, Any]]:
-        """(conninfo, kwargs) for ``connect`` logging in with *secret*."""
-        params = {**kwargs, **secret.connect_kwargs(), **self.overrides, **self.tls.params}
-        try:
-            check_hosts({**conninfo_to_dict(conninfo), **params}, self.tls)
-        except ConfigurationError as exc:  # configuration: every caller is told at once
-            raise UntrustedServer(self.source.secret_id, f"host {params.get('host')!r}",
-                                  "a Unix-domain socket", str(exc)) from None
-        if self._policy is None:
-            return conninfo, params
-        # The source sees everything, conninfo included (psycopg lets kwargs win over it).
-        return "", self._policy.connect_params({**conninfo_to_dict(conninfo), **params})
-
-    @property
-    def failure(self) -> DbcredsError | None:
-        return self._failure
-
-    def raise_if_failed(self) -> None:
-        """Raise (a fresh copy of) the failure of the last login, if it failed."""
-        failure = self._failure
-        if failure is not None:
-            raise _again(failure)
-
-    def keep_through_window(self, conn: Any) -> None:
-        """Called as a connection comes back to its pool.
-
-        psycopg_pool retires a connection past ``max_lifetime`` when it comes back, and
-        callers wait for its replacement (break-before-make). While a login waits out a
-        rotation window (``policy.retrying``) that replacement cannot log in yet: keep the
-        old connection a little longer instead. ``_expire_at`` is psycopg_pool's (3.x) own
-        expiry stamp.
-        """
-        if self.policy.retrying:
-            now = time.monotonic()
-            if getattr(conn, "_expire_at", now + 1) <= now:
-                conn._expire_at = now + _LIFETIME_GRACE
-
-    def set_failure(self, failure: DbcredsError | None) -> None:
-        if failure is not None:
-            logger.error("%s", failure)
-        with self._lock:
-            self._failure = failure
-
-
-#: What ends a login plan for every caller at once (configuration, not bad luck).
-LOGIN_FAILURES = (AuthenticationFailed, UntrustedServer)
-
-
-def _again(failure: DbcredsError) -> DbcredsError:
-    again = getattr(failure, "again", None)
-    return again() if again is not None else failure
-
-
-class CredentialPool(ConnectionPool[Connection[Any]]):
+class CredentialPool(CredentialPoolMixin, HookedConnectionPool[CT]):
     """A connection pool that logs in with the credentials of a Secrets Manager secret.
+
+    A `psycopg_pool.ConnectionPool` in every documented respect (its parameters, methods,
+    statistics, ``open`` default and warnings, generic in the connection type:
+    ``CredentialPool[MyConnection](..., connection_class=MyConnection)``, garbage-collected
+    when dropped unclosed), plus:
+
+    * each new connection logs in through the login policy (``login.py``), and when it gives
+      up every waiting and new caller gets `AuthenticationFailed` (or `UntrustedServer`) at
+      once instead of a `PoolTimeout`;
+    * ``get_stats()``/``pop_stats()`` add ``auth_failed`` (1 while callers are told so);
+    * a connection past ``max_lifetime`` is kept a second longer while a login waits out a
+      rotation window;
+    * the default name is ``dbcreds:<secret>:<n>`` (psycopg_pool's is ``pool-<n>``).
+
+    Deliberate differences: ``kwargs`` get ``prepare_threshold=None`` unless they set it
+    (PgBouncer in transaction mode and RDS Proxy break, or pin on, prepared statements); the
+    TLS parameters are always dbcreds' policy (``sslmode`` etc. in ``conninfo``/``kwargs`` are
+    read as the configured TLS, never sent as given: see ``dbcreds.tls``).
 
     :param provider: where the credentials come from: a `SecretProvider`, an
         ``iam.IamAuthSource`` (RDS IAM auth tokens), or any ``login.CredentialSource``.
@@ -189,10 +84,14 @@ class CredentialPool(ConnectionPool[Connection[Any]]):
         serves RDS Proxy).
     :param auth_retry_budget: seconds a new connection may spend retrying a refusal that a
         rotation or a proxy heals by itself (see ``login.py``).
+    :param conninfo, kwargs: as for psycopg_pool: a string/dict, or a callable called at each
+        connection attempt (then the TLS settings they name, and an IAM source's check of the
+        endpoint, apply at each attempt).
+    :param open: as for psycopg_pool 3.3: None (the default) opens the pool now and warns
+        (DeprecationWarning) at its first use unless it is used as a context manager
+        (``with CredentialPool(...) as pool``); pass True or False to say which.
     :param pool_kwargs: passed to `psycopg_pool.ConnectionPool` (``min_size``, ``max_size``,
-        ``timeout``, ``max_lifetime``, ``check``, ``kwargs`` for psycopg.connect, ...).
-        ``prepare_threshold`` defaults to None: PgBouncer in transaction mode and RDS Proxy
-        break (or pin on) prepared statements.
+        ``timeout``, ``max_lifetime``, ``check``, ``name``, ...).
     """
 
     def __init__(
@@ -205,33 +104,30 @@ class CredentialPool(ConnectionPool[Connection[Any]]):
         sslmode: str | None = None,
         sslrootcert: str | None = None,
         auth_retry_budget: float = 5.0,
-        conninfo: str = "",
-        kwargs: dict[str, Any] | None = None,
-        connection_class: type[Connection[Any]] = Connection,
-        open: bool = True,
+        conninfo: str | Callable[[], str] = "",
+        kwargs: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+        connection_class: type[CT] = cast("type[CT]", Connection),  # noqa: B008
+        open: bool | None = None,
+        name: str | None = None,
         **pool_kwargs: Any,
     ) -> None:
-        self.provider = provider
-        self.credentials = PoolLogin(
-            provider, host=host, port=port, dbname=dbname, sslmode=sslmode, kwargs=kwargs,
-            auth_retry_budget=auth_retry_budget, conninfo=conninfo, sslrootcert=sslrootcert,
+        name = self._setup_login(
+            provider, name=name, conninfo=conninfo, kwargs=kwargs, host=host, port=port,
+            dbname=dbname, sslmode=sslmode, sslrootcert=sslrootcert,
+            auth_retry_budget=auth_retry_budget,
         )
-        self.login = self.credentials.policy
-        pool_kwargs.setdefault("name", f"dbcreds:{provider.secret_id}")
         super().__init__(
             conninfo,
             connection_class=_credential_connection_class(connection_class, self),
-            kwargs=self.credentials.connect_kwargs,
+            kwargs=kwargs,  # as given (psycopg_pool's attribute): read at each attempt
             open=open,
+            name=name,
             **pool_kwargs,
         )
 
-    def __repr__(self) -> str:
-        return f"<CredentialPool {self.name!r} secret={self.provider.secret_id!r}>"
-
     # -- callers --------------------------------------------------------------------------
 
-    def getconn(self, timeout: float | None = None) -> Connection[Any]:
+    def getconn(self, timeout: float | None = None) -> CT:
         self.credentials.raise_if_failed()
         return super().getconn(timeout)
 
@@ -240,29 +136,12 @@ class CredentialPool(ConnectionPool[Connection[Any]]):
         self.credentials.set_failure(None)
         super().reconnect_failed()
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Close the pool (idempotent)."""
-        if not self.closed:
-            super().close(timeout)
-
-    def get_stats(self) -> dict[str, int]:
-        stats = super().get_stats()
-        stats["auth_failed"] = int(self.credentials.failure is not None)
-        return stats
-
-    # -- connection lifetime ---------------------------------------------------------------
-
-    def _return_connection(self, conn: Connection[Any], from_getconn: bool) -> None:
-        self.credentials.keep_through_window(conn)
-        super()._return_connection(conn, from_getconn)
-
     # -- the connect path (runs in the pool's worker threads) --------------------------
 
-    def _login(self, connect: Any, conninfo: str, kwargs: dict[str, Any]) -> Connection[Any]:
-        def attempt(secret: DbSecret) -> Connection[Any]:
+    def _login(self, connect: Callable[..., CT], conninfo: str, kwargs: dict[str, Any]) -> CT:
+        def attempt(secret: DbSecret) -> CT:
             info, params = self.credentials.params(conninfo, kwargs, secret)
-            conn: Connection[Any] = connect(info, **params)
-            return conn
+            return connect(info, **params)
 
         try:
             conn = drive(self.login.plan(), attempt, time.sleep)
@@ -274,31 +153,42 @@ class CredentialPool(ConnectionPool[Connection[Any]]):
 
     def _set_failure(self, failure: DbcredsError) -> None:
         self.credentials.set_failure(failure)
-        # Fail the callers already waiting for a connection, as close() does with PoolClosed
-        # (psycopg_pool's WaitingClient.fail); otherwise they wait for `timeout`.
-        with self._lock:
-            waiting = list(self._waiting)
-            self._waiting.clear()
-        for client in waiting:
-            client.fail(_again(failure))
+        # Fail the callers already waiting for a connection, as close() does with PoolClosed;
+        # otherwise they wait for `timeout`.
+        fail_waiting(self, lambda: again(failure))
 
 
-def _credential_connection_class(
-    base: type[Connection[Any]], pool: CredentialPool
-) -> type[Connection[Any]]:
-    """A subclass of *base* whose ``connect`` logs in through *pool*'s login policy."""
+def _credential_connection_class(base: type[CT], pool: CredentialPool[CT]) -> type[CT]:
+    """A subclass of *base* whose ``connect`` logs in through *pool*'s login policy.
+
+    It holds the pool weakly: a pool dropped without ``close()`` is garbage-collected (and its
+    threads stopped) as a plain ConnectionPool is, though its connections hold their class.
+    """
+    pool_ref = weakref.ref(pool)
 
     class CredentialConnection(base):  # type: ignore[valid-type,misc]
         @classmethod
         def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
             parent = super().connect
-            return pool._login(parent, conninfo, kwargs)
+            owner = pool_ref()
+            if owner is None:
+                raise OperationalError("the connection's pool is gone")
+            return owner._login(parent, conninfo, kwargs)
 
     CredentialConnection.__qualname__ = f"CredentialConnection[{base.__qualname__}]"
-    return CredentialConnection
+    return cast("type[CT]", CredentialConnection)
 
 
 # -- the default pool of get_connection() -------------------------------------------------
+
+
+def build_pool(settings: Settings, *, open: bool = True) -> CredentialPool:
+    """The pool *settings* describe (the default pool of `get_connection`), opened."""
+    extra: dict[str, Any] = {}
+    if settings.pool_check:
+        extra["check"] = CredentialPool.check_connection
+    return CredentialPool(source_for(settings), **settings.pool_options(), open=open, **extra)
+
 
 _default: CredentialPool | None = None
 _default_lock = threading.Lock()
@@ -317,7 +207,7 @@ def default_pool() -> CredentialPool:
     with _default_lock:
         if _default is not None:
             return _default
-        _default = pool = Settings.from_env().build_pool()
+        _default = pool = build_pool(Settings.from_env())
     from . import snapstart
 
     snapstart.install()  # under Lambda SnapStart: no secret or connection in the snapshot
@@ -331,20 +221,20 @@ def get_connection(timeout: float | None = None) -> Any:
 
 def close_default_pool() -> None:
     """Close and forget the default pool (the next `get_connection` builds a new one)."""
+    _close_default()
+
+
+def _close_default() -> bool:
+    """Drop the default pool's cached credentials, close and forget it; whether there was one
+    (the registry's ``close``, before a SnapStart snapshot)."""
     global _default
     with _default_lock:
         pool, _default = _default, None
-    if pool is not None:
-        pool.close()
-
-
-def _close_default_for_snapshot() -> bool:
-    pool = _default
     if pool is None:
         return False
     pool.provider.invalidate()
-    close_default_pool()
+    pool.close()
     return True
 
 
-register_default("psycopg_pool", _close_default_for_snapshot, default_pool)  # SnapStart
+_registry.register_default("psycopg_pool", _close_default, default_pool)
