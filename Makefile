@@ -42,8 +42,8 @@ test: system-deps $(STAMP)
 # from .venv, appended to its sys.path by a .pth file, so its own psycopg comes first.
 MATRIX_OLDEST ?= psycopg==3.2.0 psycopg-binary==3.2.0 psycopg-pool==3.3.0 typing-extensions==4.6.0
 MATRIX_NEWEST ?= psycopg<3.4 psycopg-binary<3.4 psycopg-pool<3.4 typing-extensions
-MATRIX_TESTS ?= tests/test_pool_compat.py tests/test_pool_contract.py tests/test_pool.py \
-  tests/test_aio.py
+MATRIX_TESTS ?= tests/unit/test_pool_compat.py tests/e2e/test_pool_contract.py tests/e2e/test_pool.py \
+  tests/e2e/test_aio.py
 
 define matrix_run
 	test -x .venv-matrix-$(1)/bin/python || "$$($(PY) -c 'import os, sys; \
@@ -67,7 +67,7 @@ lint: $(STAMP)
 # checkov in a virtualenv of its own (its many pinned dependencies stay out of .venv); it
 # fails on any finding that is neither fixed nor skipped with a reason in the template's
 # Metadata. --skip-download: no call to the Prisma Cloud API (offline, and nothing to upload).
-# tests/test_template.py runs the same checkov on the template with every option on as well.
+# tests/unit/test_template.py runs the same checkov on the template with every option on as well.
 CHECKOV_VERSION ?= 3.3.30
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)

@@ -44,7 +44,7 @@ def _pool(library: str, secret_id: str, host: str, port: int) -> Any:
     check = ConnectionPool.check_connection
     if library == "dbcreds":
         provider = SecretProvider(secret_id)
-        pool = CredentialPool(provider, host=host, port=port, check=check, **POOL)
+        pool = CredentialPool(provider, open=True, host=host, port=port, check=check, **POOL)
         return pool
     if library == "seed (boto3 at start)":
         import boto3

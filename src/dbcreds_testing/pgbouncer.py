@@ -14,7 +14,7 @@ admin console's RELOAD when it changed. So it accepts the old password until it 
 rejects AWSPENDING, and its own server logins fail after the database password changed until
 it refreshes.
 
-What a psycopg client sees (PgBouncer 1.18.0, observed here; pinned by tests/test_stack.py).
+What a psycopg client sees (PgBouncer 1.18.0, observed here; pinned by tests/e2e/test_stack.py).
 ``str(exc)`` of the ``psycopg.OperationalError``, ``sqlstate`` None unless noted::
 
     wrong client password, either mode (PgBouncer's own SCRAM check):

@@ -354,7 +354,7 @@ def test_pool_through_the_extension_and_fallback_to_boto3(
     monkeypatch.setenv("AWS_SESSION_TOKEN", TOKEN)
     monkeypatch.setenv("PARAMETERS_SECRETS_EXTENSION_HTTP_PORT", str(fake.port))
     before = stack.secrets.count("GetSecretValue", secret_id=app.secret_id)
-    pool = CredentialPool(SecretProvider(app.secret_id), host=stack.pgbouncer.host,
+    pool = CredentialPool(SecretProvider(app.secret_id), open=True, host=stack.pgbouncer.host,
                           port=stack.pgbouncer.port, min_size=1, max_size=1)
     try:
         with pool.connection(timeout=15) as conn:

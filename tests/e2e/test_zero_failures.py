@@ -48,7 +48,7 @@ def make_pool(aws_env: dict[str, str]) -> Iterator[Any]:
 
     def make(secret_id: str, server: Any, **kw: Any) -> CredentialPool:
         provider, kw = load_pool_args(secret_id, server, CredentialPool, kw)
-        pool = CredentialPool(provider, **kw)
+        pool = CredentialPool(provider, open=True, **kw)
         pool.wait(timeout=15)
         pools.append(pool)
         return pool

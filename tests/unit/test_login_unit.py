@@ -6,7 +6,6 @@ test_zero_failures.py against PostgreSQL, PgBouncer and the Secrets Manager endp
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -18,42 +17,7 @@ from dbcreds import (
     UntrustedServer,
 )
 from dbcreds.login import LoginPolicy, Try, Wait, drive
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FakeSM:
-    """Versions by stage; counts calls; can fail."""
-
-    def __init__(self) -> None:
-        self.stages: dict[str, tuple[str, str]] = {}
-        self.calls: list[str] = []
-        self.down = False
-
-    def put(self, stage: str, version: str, password: str) -> None:
-        doc = {"engine": "postgres", "host": "h", "port": 5432, "username": "u",
-               "password": password}
-        self.stages[stage] = (version, json.dumps(doc))
-
-    def __call__(self, secret_id: str, stage: str) -> dict[str, Any]:
-        self.calls.append(stage)
-        if self.down:
-            raise SecretsManagerUnavailable(secret_id, "ServiceUnavailable")
-        if stage not in self.stages:
-            from dbcreds import SecretNotFound
-            raise SecretNotFound(secret_id)
-        version, text = self.stages[stage]
-        return {"VersionId": version, "SecretString": text}
-
-
-class Refused(Exception):
-    pass
+from support import Clock, FakeSM, Refused
 
 
 def provider(sm: FakeSM, clock: Clock, **kw: Any) -> SecretProvider:

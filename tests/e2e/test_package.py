@@ -28,30 +28,20 @@ import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from support import REPO, ROTATION, build_package
+
 pytestmark = pytest.mark.package
 
-REPO = Path(__file__).resolve().parent.parent
-ROTATION = REPO / "rotation"
 LOCAL_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
-def _load_build_package() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_package", ROTATION / "build_package.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("build_package", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-bp = _load_build_package()
+bp = build_package()
 HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(
     platform.machine().lower()
 )

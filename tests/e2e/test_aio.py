@@ -25,7 +25,7 @@ from dbcreds.aio import AsyncCredentialPool, AsyncSecretProvider, drive_async
 from dbcreds.login import LoginPolicy
 from dbcreds.rotation.local import rotate_locally
 from dbcreds_testing.workload import AsyncWorkload, WorkloadReport
-from test_login_unit import Clock, FakeSM, Refused
+from support import Clock, FakeSM, Refused
 from test_zero_failures import (
     ROUTES,
     direct_login_works,

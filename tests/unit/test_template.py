@@ -17,9 +17,10 @@ cfnlint_api = pytest.importorskip("cfnlint.api")
 from cfnlint.config import ManualArgs  # type: ignore[import-untyped,unused-ignore]  # noqa: E402
 from cfnlint.decode import decode  # type: ignore[import-untyped,unused-ignore]  # noqa: E402
 
-from test_package import bp as build_package  # noqa: E402 (rotation/build_package.py, loaded once)
+from support import REPO  # noqa: E402
+from support import build_package as _build_package  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+build_package = _build_package()  # rotation/build_package.py, loaded once
 ROTATION = REPO / "rotation"
 TEMPLATE = ROTATION / "template.yaml"
 HANDLER = "dbcreds.rotation.lambda_handler"

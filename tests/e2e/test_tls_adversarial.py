@@ -163,7 +163,7 @@ def test_sync_pool_sends_nothing_secret(
 ) -> None:
     """The default (verify-full), ``require`` (SCRAM channel binding) and ``verify-ca`` (with
     a CA bundle of its own: the stack's, which did not sign the impostor's certificate)."""
-    pool = CredentialPool(SecretProvider(app.secret_id), host=impostor.host,
+    pool = CredentialPool(SecretProvider(app.secret_id), open=True, host=impostor.host,
                           port=impostor.port, sslmode=sslmode, min_size=1, max_size=1,
                           timeout=20,
                           sslrootcert=stack.ca_file if sslmode == "verify-ca" else None)
@@ -221,7 +221,7 @@ def test_iam_source_sends_no_token(
     source = IamAuthSource(impostor.host, impostor.port, "app_user", region="eu-west-1")
     token = source.get().password
     assert token.startswith(f"{impostor.host}:{impostor.port}/")
-    pool = CredentialPool(source, min_size=1, max_size=1, timeout=20)
+    pool = CredentialPool(source, open=True, min_size=1, max_size=1, timeout=20)
     started = time.monotonic()
     try:
         with pytest.raises(UntrustedServer) as info, pool.connection():

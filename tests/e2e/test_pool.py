@@ -32,7 +32,7 @@ def make_pool(aws_env: None) -> Iterator[Any]:
     def make(secret_id: str, **kw: Any) -> CredentialPool:
         kw.setdefault("min_size", 2)
         kw.setdefault("max_size", 4)
-        pool = CredentialPool(SecretProvider(secret_id), **kw)
+        pool = CredentialPool(SecretProvider(secret_id), open=True, **kw)
         pools.append(pool)
         return pool
 

@@ -135,8 +135,8 @@ def test_unix_sockets_are_refused(host: str) -> None:
 
 
 def test_a_pool_fails_fast_on_a_socket_host(aws_env: dict[str, str], app: Any) -> None:
-    pool = CredentialPool(SecretProvider(app.secret_id), host="/tmp", min_size=1, max_size=1,
-                          timeout=15)
+    pool = CredentialPool(SecretProvider(app.secret_id), open=True, host="/tmp", min_size=1,
+                          max_size=1, timeout=15)
     try:
         with pytest.raises(UntrustedServer, match="Unix-domain socket"), pool.connection():
             pass
@@ -149,7 +149,7 @@ def test_a_pool_fails_fast_on_a_socket_host(aws_env: dict[str, str], app: Any) -
 def test_default_pool_verifies_the_stack_and_uses_tls(
     stack: Any, app: Any, aws_env: dict[str, str]
 ) -> None:
-    pool = CredentialPool(SecretProvider(app.secret_id), sslrootcert=stack.ca_file,
+    pool = CredentialPool(SecretProvider(app.secret_id), open=True, sslrootcert=stack.ca_file,
                           min_size=1, max_size=1)
     try:
         assert pool.credentials.tls.describe() == f"verify-full (CA {stack.ca_file})"
@@ -167,9 +167,9 @@ def test_require_means_channel_binding_direct_not_through_pgbouncer(
 ) -> None:
     """PostgreSQL does SCRAM-SHA-256-PLUS; PgBouncer (the proxy stand-in) does not, so there
     the login is stopped before the password leaves, with a clear error."""
-    direct = CredentialPool(SecretProvider(app.secret_id), sslmode="require",
+    direct = CredentialPool(SecretProvider(app.secret_id), open=True, sslmode="require",
                             min_size=1, max_size=1)
-    bounced = CredentialPool(SecretProvider(app.secret_id), sslmode="require",
+    bounced = CredentialPool(SecretProvider(app.secret_id), open=True, sslmode="require",
                              host=stack.pgbouncer.host, port=stack.pgbouncer.port,
                              min_size=1, max_size=1, timeout=15)
     try:

@@ -126,7 +126,7 @@ def test_rotate_reports_rotate_secret_errors(env: None) -> None:
 # -- usage ---------------------------------------------------------------------------------------
 
 def test_demo_is_wired_and_checks_its_options() -> None:
-    # The demo itself runs in tests/test_demo.py; here only the wiring (a usage error, fast).
+    # The demo itself runs in tests/e2e/test_demo.py; here only the wiring (a usage error, fast).
     code, _, err = run("demo", "--duration", "0")
     assert code == 2 and "--duration" in err
 

@@ -278,7 +278,7 @@ def test_pool_logs_in_with_the_token_and_renews_it(
     )
     token = source.get().password
     stack.set_password(app.username, token)
-    pool = CredentialPool(source, min_size=1, max_size=2, timeout=10)
+    pool = CredentialPool(source, open=True, min_size=1, max_size=2, timeout=10)
     try:
         with pool.connection() as conn:
             assert conn.execute("select current_user").fetchone() == (app.username,)

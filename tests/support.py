@@ -1,0 +1,64 @@
+"""What several test modules share: the repository's paths, the build script loaded once,
+and the fakes of the pure-logic tests (a clock, a Secrets Manager fetcher, a refusal)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from dbcreds import SecretsManagerUnavailable
+
+REPO = Path(__file__).resolve().parent.parent
+ROTATION = REPO / "rotation"
+
+
+@functools.cache
+def build_package() -> ModuleType:
+    """``rotation/build_package.py`` as a module, loaded once for every test module."""
+    spec = importlib.util.spec_from_file_location("build_package", ROTATION / "build_package.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("build_package", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeSM:
+    """Versions by stage; counts calls; can fail."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, tuple[str, str]] = {}
+        self.calls: list[str] = []
+        self.down = False
+
+    def put(self, stage: str, version: str, password: str) -> None:
+        doc = {"engine": "postgres", "host": "h", "port": 5432, "username": "u",
+               "password": password}
+        self.stages[stage] = (version, json.dumps(doc))
+
+    def __call__(self, secret_id: str, stage: str) -> dict[str, Any]:
+        self.calls.append(stage)
+        if self.down:
+            raise SecretsManagerUnavailable(secret_id, "ServiceUnavailable")
+        if stage not in self.stages:
+            from dbcreds import SecretNotFound
+            raise SecretNotFound(secret_id)
+        version, text = self.stages[stage]
+        return {"VersionId": version, "SecretString": text}
+
+
+class Refused(Exception):
+    pass
