@@ -43,6 +43,7 @@ test: system-deps $(STAMP)
 MATRIX_OLDEST ?= psycopg==3.2.0 psycopg-binary==3.2.0 psycopg-pool==3.3.0 typing-extensions==4.6.0
 MATRIX_NEWEST ?= psycopg<3.4 psycopg-binary<3.4 psycopg-pool<3.4 typing-extensions
 MATRIX_TESTS ?= tests/unit/test_pool_compat.py tests/e2e/test_pool_contract.py tests/e2e/test_pool.py \
+  tests/e2e/test_pool_behaviour.py \
   tests/e2e/test_aio.py
 
 define matrix_run

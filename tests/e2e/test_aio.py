@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import threading
-import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -153,39 +152,6 @@ def test_async_provider_single_flight_across_tasks_and_threads(
 # -- AsyncCredentialPool on the real stack --------------------------------------------------
 
 
-@pytest.mark.parametrize("route", ["direct", "pgbouncer"])
-def test_async_pool_password_changed_out_of_band_zero_errors(
-    stack: Any, sm_client: Any, app: Any, aws_env: dict[str, str], route: str
-) -> None:
-    from test_pool import change_password_out_of_band
-
-    server = stack.postgres if route == "direct" else stack.pgbouncer
-
-    async def hammer(pool: AsyncCredentialPool, n: int) -> list[BaseException]:
-        async def one() -> None:
-            async with pool.connection(timeout=10) as conn:
-                assert await (await conn.execute("select 1")).fetchone() == (1,)
-
-        results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
-        return [r for r in results if isinstance(r, BaseException)]
-
-    async def scenario() -> None:
-        async with new_pool(app.secret_id, server, min_size=2, max_size=4,
-                            max_lifetime=3600.0) as pool:
-            await pool.wait(timeout=10)
-            assert await hammer(pool, 40) == []
-            await asyncio.to_thread(
-                change_password_out_of_band, stack, sm_client, app,
-                "N3w-Async-" + app.password[:8],
-            )
-            await pool.drain()  # the new connections must log in afresh
-            assert await hammer(pool, 200) == []
-            assert pool.get_stats()["connections_num"] >= 4
-            assert pool.provider.get_stats()["version_changes"] == 1  # one refresh
-
-    run(scenario())
-
-
 @pytest.mark.load
 @pytest.mark.parametrize("route", list(ROUTES))
 def test_async_three_rotations_under_load_zero_failures(
@@ -260,42 +226,6 @@ def test_async_secrets_manager_down_with_warm_cache(
     report("secrets-manager-down", result, pool)
     assert result.failures == [], result.summary()
     assert pool.provider.get_stats()["stale_served"] >= 1
-
-
-@pytest.mark.parametrize("route", ["direct", "pgbouncer"])
-def test_async_wrong_password_fails_every_waiting_caller_fast(
-    stack: Any, app: Any, aws_env: dict[str, str], route: str,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    wrong = "Wr0ng-" + app.password[:10]
-    stack.put_current(app.secret_id, stack.secret_doc(app.username, wrong))
-    server = stack.postgres if route == "direct" else stack.pgbouncer
-    caplog.set_level(logging.DEBUG)
-
-    async def one(pool: AsyncCredentialPool) -> None:
-        async with pool.connection():
-            pass
-
-    async def scenario() -> tuple[float, list[BaseException], BaseException, str]:
-        async with new_pool(app.secret_id, server, min_size=1, max_size=4, timeout=30,
-                            max_lifetime=3600.0) as pool:
-            t0 = time.monotonic()
-            waiting = await asyncio.gather(*(one(pool) for _ in range(6)),
-                                           return_exceptions=True)
-            elapsed = time.monotonic() - t0
-            with pytest.raises(AuthenticationFailed) as later:  # told at once, too
-                await one(pool)
-            return elapsed, [e for e in waiting if isinstance(e, BaseException)], \
-                later.value, repr(pool)
-
-    elapsed, errors, later, pool_repr = run(scenario())
-    assert elapsed < 2.0, f"AuthenticationFailed after {elapsed:.1f}s"
-    assert len(errors) == 6 and all(isinstance(e, AuthenticationFailed) for e in errors), errors
-    assert app.secret_id in str(errors[0])
-    texts = [str(e) for e in [*errors, later]] + [repr(later), pool_repr] + [
-        r.getMessage() + (r.exc_text or "") for r in caplog.records
-    ]
-    assert not [t for t in texts if wrong in t or app.password in t]
 
 
 # -- the default pool of get_async_connection() --------------------------------------------
