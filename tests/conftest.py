@@ -84,3 +84,9 @@ def app(stack: LocalStack) -> Iterator[App]:
     fresh = stack.new_app("app")
     yield fresh
     stack.rds_proxy.unwatch(fresh.secret_id)
+
+
+@pytest.fixture
+def sm(stack: LocalStack, rotation_env: Any) -> Any:
+    """The stack's Secrets Manager client for the rotation tests (after ``rotation_env``)."""
+    return stack.secrets.client()

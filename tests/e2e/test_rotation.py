@@ -32,11 +32,6 @@ from dbcreds.rotation.settings import DEFAULT_EXCLUDE_CHARACTERS
 
 # -- fixtures and helpers ------------------------------------------------------------------------
 
-@pytest.fixture
-def sm(stack: Any, rotation_env: None) -> Any:
-    return stack.secrets.client()
-
-
 class Rotatable:
     """A role and its secret, with rotation enabled on the endpoint."""
 

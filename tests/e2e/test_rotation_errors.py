@@ -26,11 +26,6 @@ from dbcreds.rotation import (
 from dbcreds.rotation.local import rotate_locally
 
 
-@pytest.fixture
-def sm(stack: Any, rotation_env: Any) -> Any:
-    return stack.secrets.client()
-
-
 class Subject:
     """A role, a secret whose AWSCURRENT is *value*, and a registered rotation token."""
 

@@ -148,6 +148,17 @@ def defaults(aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+def refused(pool: CredentialPool) -> tuple[UntrustedServer, float]:
+    """The error a caller of *pool* gets (the pool is closed after), and when it asked."""
+    started = time.monotonic()
+    try:
+        with pytest.raises(UntrustedServer) as info, pool.connection():
+            pass
+    finally:
+        pool.close()
+    return info.value, started
+
+
 def _fails_fast_with_what_to_configure(exc: BaseException, started: float) -> None:
     assert isinstance(exc, UntrustedServer), repr(exc)
     text = str(exc)
@@ -167,16 +178,11 @@ def test_sync_pool_sends_nothing_secret(
                           port=impostor.port, sslmode=sslmode, min_size=1, max_size=1,
                           timeout=20,
                           sslrootcert=stack.ca_file if sslmode == "verify-ca" else None)
-    started = time.monotonic()
-    try:
-        with pytest.raises(UntrustedServer) as info, pool.connection():
-            pass
-    finally:
-        pool.close()
-    _fails_fast_with_what_to_configure(info.value, started)
+    error, started = refused(pool)
+    _fails_fast_with_what_to_configure(error, started)
     assert impostor.connections >= 1  # it was asked, and told nothing
     assert impostor.saw(app.password) == []
-    assert app.password not in str(info.value) + repr(info.value)
+    assert app.password not in str(error) + repr(error)
 
 
 def test_default_pool_of_get_connection_sends_nothing_secret(
@@ -222,13 +228,7 @@ def test_iam_source_sends_no_token(
     token = source.get().password
     assert token.startswith(f"{impostor.host}:{impostor.port}/")
     pool = CredentialPool(source, open=True, min_size=1, max_size=1, timeout=20)
-    started = time.monotonic()
-    try:
-        with pytest.raises(UntrustedServer) as info, pool.connection():
-            pass
-    finally:
-        pool.close()
-    _fails_fast_with_what_to_configure(info.value, started)
+    _fails_fast_with_what_to_configure(*refused(pool))
     sent = [source.get().password, token]
     assert impostor.saw(*sent) == [] and impostor.saw("X-Amz-Signature") == []
 
