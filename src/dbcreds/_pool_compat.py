@@ -1,11 +1,12 @@
 """The one seam between dbcreds and psycopg_pool's internals.
 
-dbcreds' pools are psycopg_pool pools (``CredentialPool``, ``AsyncCredentialPool``); three
-things they add need state that psycopg_pool keeps private. Every use of a private name of
-psycopg_pool is here, and nowhere else in dbcreds; ``tests/unit/test_pool_compat.py`` checks each
-one against the installed psycopg_pool (sync and asyncio) with `check_contract`, so an upgrade
-that renames one fails that test by name instead of a pool in production. Supported range:
-``psycopg_pool>=3.3,<3.4`` (pyproject.toml; ``make test-matrix`` runs both ends).
+dbcreds' pools are psycopg_pool pools (``CredentialPool``, ``AsyncCredentialPool``); four
+things they add (the table) need state that psycopg_pool keeps private. Every use of a private
+name of psycopg_pool is here, and nowhere else in dbcreds; ``tests/unit/test_pool_compat.py``
+checks each one against the installed psycopg_pool (sync and asyncio) with `check_contract`, so
+an upgrade that renames one fails that test by name instead of a pool in production.
+Supported range: ``psycopg_pool>=3.3,<3.4`` (pyproject.toml; ``make test-matrix`` runs both
+ends).
 
 =========================================  ===================================================
 private name (psycopg_pool 3.3)            why dbcreds relies on it

@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar, runtime_checkable
 
 from .errors import (
     AuthenticationFailed,
@@ -54,7 +54,7 @@ from .errors import (
     classify_tls_failure,
     raise_clean,
 )
-from .secret import DbSecret
+from .secret import AWSCURRENT, AWSPENDING, DbSecret
 from .tls import TlsPolicy, check_hosts, login_tls, tls_params_of
 
 if TYPE_CHECKING:
@@ -167,8 +167,8 @@ class LoginPolicy:
             ):
                 self._preferred = preferred = None
         if preferred is not None:
-            return Try(preferred, "AWSPENDING")
-        return Try(current, "AWSCURRENT")
+            return Try(preferred, AWSPENDING)
+        return Try(current, AWSCURRENT)
 
     def plan(self) -> Plan:
         """Yield the tries and waits of one connection attempt; return the secret that worked."""
@@ -246,13 +246,13 @@ class LoginPolicy:
         if not new(current):
             current = self.provider.refresh(stale=current)
         if new(current):
-            return Try(current, "AWSCURRENT")
+            return Try(current, AWSCURRENT)
         try:
             pending = self.provider.get_pending()
         except DbcredsError:
             pending = None  # AWSPENDING is a bonus; failing to read it must not fail the login
         if pending is not None and new(pending):
-            return Try(pending, "AWSPENDING")
+            return Try(pending, AWSPENDING)
         return None
 
     def _worth_waiting(self, kind: AuthFailure) -> bool:
@@ -265,7 +265,7 @@ class LoginPolicy:
 
     def _worked(self, step: Try) -> None:
         with self._mutex:
-            self._preferred = step.secret if step.stage == "AWSPENDING" else None
+            self._preferred = step.secret if step.stage == AWSPENDING else None
 
     def _refused(self, secret: DbSecret) -> None:
         with self._mutex:
@@ -426,7 +426,8 @@ class PoolLogin:
         return self._sslmode or mode, self._sslrootcert or root
 
     def _tls_for_key(self, key: tuple[str | None, str | None]) -> TlsPolicy:
-        policy = self._tls_by_key.get(key)
+        with self._mutex:
+            policy = self._tls_by_key.get(key)
         if policy is None:
             policy = login_tls(
                 sslmode=key[0],
@@ -435,7 +436,10 @@ class PoolLogin:
                 source="the pool's sslmode",
                 what=f"the pool of {self.source.secret_id!r}",
             )
-            self._tls_by_key[key] = policy
+            with self._mutex:
+                if len(self._tls_by_key) >= _TLS_POLICIES_KEPT:  # callables may vary forever
+                    self._tls_by_key.pop(next(iter(self._tls_by_key)))
+                self._tls_by_key[key] = policy
         return policy
 
     def tls_for(self, conninfo: str, kwargs: Mapping[str, Any]) -> TlsPolicy:
@@ -472,24 +476,26 @@ class PoolLogin:
         try:
             tls = self.tls_for(conninfo, kwargs)
         except ConfigurationError as exc:
-            raise UntrustedServer(self.source.secret_id, "the server", "the pool's TLS "
-                                  "settings are refused", str(exc)) from None
+            self._refuse("the server", "the pool's TLS settings are refused", exc)
         params = {**kwargs, **secret.connect_kwargs(), **self.overrides, **tls.params}
         everything = {**_conninfo_to_dict(conninfo), **params}
         try:
             check_hosts(everything, tls)
         except ConfigurationError as exc:
-            raise UntrustedServer(self.source.secret_id, f"host {params.get('host')!r}",
-                                  "a Unix-domain socket", str(exc)) from None
+            self._refuse(f"host {params.get('host')!r}", "a Unix-domain socket", exc)
         if self._policy is None:
             return conninfo, params
         # The source sees everything, conninfo included (psycopg lets kwargs win over it).
         try:
             return "", self._policy.connect_params(everything)
         except ConfigurationError as exc:
-            raise UntrustedServer(self.source.secret_id, f"host {params.get('host')!r}",
-                                  "the credential source refused the parameters",
-                                  str(exc)) from None
+            self._refuse(f"host {params.get('host')!r}",
+                         "the credential source refused the parameters", exc)
+
+    def _refuse(self, where: str, detail: str, exc: ConfigurationError) -> NoReturn:
+        """`UntrustedServer` for a configuration no retry heals, with no chain to *exc*
+        (whose frames hold this attempt's parameters, password included)."""
+        raise_clean(UntrustedServer(self.source.secret_id, where, detail, str(exc)))
 
     @property
     def failure(self) -> DbcredsError | None:
@@ -511,13 +517,18 @@ class PoolLogin:
         return _LIFETIME_GRACE if self.policy.retrying else None
 
     def set_failure(self, failure: DbcredsError | None) -> None:
+        """Remember *failure* (a fresh copy: no traceback, whose frames would hold the
+        attempt's parameters) to tell callers at once, or forget it (None)."""
         if failure is not None:
             _pool_logger.error("%s", failure)
+            failure = again(failure)
         with self._mutex:
             self._failure = failure
 
 
 _pool_numbers = itertools.count(1)
+#: TLS policies a pool keeps for the settings its conninfo/kwargs callables returned
+_TLS_POLICIES_KEPT = 8
 
 
 def pool_name(source: CredentialSource, name: str | None) -> str:

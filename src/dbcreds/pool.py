@@ -20,7 +20,6 @@ failure told to callers, name, statistics) is in ``login.py`` (`PoolLogin`,
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import weakref
@@ -49,7 +48,6 @@ __all__ = [
     "default_pool", "get_connection",
 ]
 
-logger = logging.getLogger("dbcreds.pool")
 
 
 class CredentialPool(CredentialPoolMixin, HookedConnectionPool[CT]):
@@ -232,8 +230,10 @@ def _close_default() -> bool:
         pool, _default = _default, None
     if pool is None:
         return False
-    pool.provider.invalidate()
-    pool.close()
+    try:
+        pool.provider.invalidate()
+    finally:
+        pool.close()
     return True
 
 

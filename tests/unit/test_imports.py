@@ -1,9 +1,10 @@
 """The import graph of dbcreds: every module imports alone, no cycle, layers that point down.
 
 The layers, from the bottom (`RANKS`): the secret model (``errors``, ``secret``) and the
-registry of process-wide defaults -> ``_aws``, ``_env``, ``tls`` (and ``snapstart``, which only
-walks the registry) -> the credential sources (``provider``, ``extension``, ``iam``) -> the login
-policy (``login``; ``config``, which builds sources) -> the integrations (``pool``, ``aio``) ->
+registry of process-wide defaults -> ``_aws``, ``_env``, ``tls``, ``config`` (plain settings)
+and ``snapstart`` (which only walks the registry) -> the credential sources (``provider``,
+``extension``, ``iam``) -> the login policy (``login``, which also builds a source from the
+settings) -> the integrations (``_pool_compat``, ``pool``, ``aio``) ->
 the entry points (``dbcreds``, ``cli``). A module imports modules of its own rank or below,
 never above, and the module-level imports form no cycle (so a sibling of the same rank is fine
 one way). The rotation Lambda (``dbcreds.rotation.*``) imports only `ROTATION_MAY_IMPORT` and
