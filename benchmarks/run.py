@@ -103,7 +103,10 @@ def render(r: dict[str, Any]) -> str:
         "* stack: `dbcreds_testing.LocalStack` on 127.0.0.1 — PostgreSQL 15 (scram-sha-256), "
         "PgBouncer twice (auth_query: checks the live database; auth_file: the RDS Proxy "
         "stand-in that serves the AWSCURRENT password, re-read about every second), "
-        "Secrets Manager = moto's server over HTTP, counting requests per operation and secret.",
+        "Secrets Manager = moto's server over HTTP, counting requests per operation and secret. "
+        "Every server serves TLS from the stack's own CA and every contender verifies it "
+        "(verify-full: dbcreds through DBCREDS_SSLROOTCERT, the others through libpq's "
+        "PGSSLMODE/PGSSLROOTCERT), so all pay the same handshakes.",
         "* The machine is shared (other test suites may run beside the benchmark): medians of "
         "interleaved runs, minima alongside where noise matters.",
         "",
