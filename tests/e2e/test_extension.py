@@ -32,17 +32,10 @@ from dbcreds import (
 )
 from dbcreds import extension as ext
 from dbcreds.extension import ExtensionTransport, auto_fetcher, extension_configured
+from support import Clock
 
 TOKEN = "session-token-for-tests"
 PASSWORD = "Pw-never-shown-7f3a"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def gsv(secret_id: str, doc: dict[str, Any], version: str = "v1",

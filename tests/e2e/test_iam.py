@@ -34,16 +34,9 @@ from dbcreds.iam import TOKEN_LIFETIME, IamAuthSource
 from dbcreds.login import CredentialSource, source_for
 from dbcreds.pool import build_pool
 from dbcreds.tls import system_trust_file
+from support import Clock
 
 HOST = "orders.proxy-abc123.eu-west-1.rds.amazonaws.com"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
