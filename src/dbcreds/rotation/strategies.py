@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InvalidSecret
 from ..secret import AWSCURRENT, AWSPREVIOUS, KEY_MASTERARN, DbSecret
@@ -27,6 +27,8 @@ from .password import create_login_role, ensure_member, is_member, role_exists, 
 from .settings import Strategy
 
 if TYPE_CHECKING:
+    import psycopg
+
     from .steps import StepContext
 
 __all__ = [
@@ -87,37 +89,48 @@ class SingleUser:
             )
 
     def change_password(self, ctx: StepContext, current: DbSecret, pending: DbSecret) -> str:
-        attempts: list[tuple[str, str]] = []
-        candidates: list[tuple[str, DbSecret | None]] = [(AWSCURRENT, current)]
-        previous = ctx.store.get(AWSPREVIOUS)
-        if previous is None:
-            attempts.append((AWSPREVIOUS, "no such version"))
-        elif previous.username != pending.username or not _same_server(previous, pending):
-            attempts.append((AWSPREVIOUS, "skipped: it is for another user or server"))
-        else:
-            candidates.append((AWSPREVIOUS, previous))
-        for label, secret in candidates:
-            assert secret is not None
-            conn, reason = try_login(secret, ctx.settings)
-            if conn is None:
-                attempts.append((label, reason))
-                continue
-            with conn:
-                try:
-                    set_password(conn, pending.username, pending.password)
-                except Exception as exc:
-                    raise ctx.error(
-                        RotationError,
-                        f"changing the password of {pending.username!r} on "
-                        f"{_target(pending)} failed: {describe_failure(exc, ctx.store.seen)}",
-                    ) from None
-            return f"password changed, logged in with {label}"
-        raise NoWorkingCredentials(
-            secret_id=ctx.secret_arn,
-            step=ctx.step,
-            target=f"{_target(pending)} as {pending.username!r}",
-            attempts=sorted(attempts, key=lambda a: a[0] != AWSCURRENT),
-        )
+        logged_in, attempts = _own_login(ctx, current, users=(pending.username,))
+        if logged_in is None:
+            raise NoWorkingCredentials(
+                secret_id=ctx.secret_arn,
+                step=ctx.step,
+                target=f"{_target(pending)} as {pending.username!r}",
+                attempts=sorted(attempts, key=lambda a: a[0] != AWSCURRENT),
+            )
+        label, conn = logged_in
+        with conn:
+            try:
+                set_password(conn, pending.username, pending.password)
+            except Exception as exc:
+                raise ctx.error(
+                    RotationError,
+                    f"changing the password of {pending.username!r} on "
+                    f"{_target(pending)} failed: {describe_failure(exc, ctx.store.seen)}",
+                ) from None
+        return f"password changed, logged in with {label}"
+
+
+def _own_login(
+    ctx: StepContext, current: DbSecret, *, users: tuple[str, ...]
+) -> tuple[tuple[str, psycopg.Connection[Any]] | None, list[tuple[str, str]]]:
+    """The secret's own credentials that log in: AWSCURRENT, else AWSPREVIOUS when it is for
+    one of *users* on AWSCURRENT's server. ``((label, connection) or None, why each other
+    one did not)``; the caller closes the connection."""
+    attempts: list[tuple[str, str]] = []
+    candidates = [(AWSCURRENT, current)]
+    previous = ctx.store.get(AWSPREVIOUS)
+    if previous is None:
+        attempts.append((AWSPREVIOUS, "no such version"))
+    elif previous.username not in users or not _same_server(previous, current):
+        attempts.append((AWSPREVIOUS, "skipped: it is for another user or server"))
+    else:
+        candidates.append((AWSPREVIOUS, previous))
+    for label, secret in candidates:
+        conn, reason = try_login(secret, ctx.settings)
+        if conn is not None:
+            return (label, conn), attempts
+        attempts.append((label, reason))
+    return None, attempts
 
 
 def _other_of(username: str) -> str:
@@ -243,23 +256,17 @@ class AlternatingUsers:
         and have the master reset its password or clone it. AWSCURRENT must log in as its
         user, or AWSPREVIOUS as the other user of the pair (the secret's own last rotation).
         """
-        tried: list[str] = []
-        candidates: list[tuple[str, DbSecret | None]] = [(AWSCURRENT, current)]
-        candidates.append((AWSPREVIOUS, ctx.store.get(AWSPREVIOUS)))
-        for label, secret in candidates:
-            if secret is None or secret.username not in (current.username, pending.username):
-                continue
-            if not _same_server(secret, current):
-                continue
-            conn, reason = try_login(secret, ctx.settings)
-            if conn is not None:
-                conn.close()
-                return
-            tried.append(f"{label} as {secret.username!r}: {reason}")
+        logged_in, attempts = _own_login(
+            ctx, current, users=(current.username, pending.username)
+        )
+        if logged_in is not None:
+            logged_in[1].close()
+            return
+        tried = [f"{label}: {reason}" for label, reason in attempts]
         raise ctx.error(
             UnsafeRolePair,
             f"not-owned: the secret holds no working credentials for {current.username!r} or "
-            f"{pending.username!r} ({'; '.join(tried) or 'nothing to try'}); the "
+            f"{pending.username!r} ({'; '.join(tried)}); the "
             "alternating-users strategy only changes a pair whose current (or previous) "
             "credentials log in, so a secret cannot name a role it holds no password for. "
             "Nothing was changed",
