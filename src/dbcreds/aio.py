@@ -34,7 +34,7 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from psycopg import AsyncConnection, OperationalError
 
@@ -46,11 +46,8 @@ from .login import (
     LOGIN_FAILURES,
     CredentialPoolMixin,
     CredentialSource,
-    Done,
-    Plan,
-    Wait,
-    advance,
     again,
+    drive_async,
     source_for,
 )
 from .provider import SecretProvider
@@ -125,41 +122,6 @@ class AsyncSecretProvider:
 
     def get_stats(self) -> dict[str, Any]:
         return self.provider.get_stats()
-
-
-C = TypeVar("C")
-
-
-async def drive_async(plan: Plan, attempt: Callable[[DbSecret], Awaitable[C]]) -> C:
-    """Run a login plan on the event loop: the asyncio twin of ``login.drive``.
-
-    The plan is advanced in a worker thread (its steps may call Secrets Manager); *attempt*
-    (an ``AsyncConnection.connect``) and the waits run on the loop.
-    """
-    step = await asyncio.to_thread(advance, plan, None)
-    while True:
-        if isinstance(step, Done):  # pragma: no cover - a plan ends only after a success
-            raise RuntimeError("login plan ended without a successful login")
-        if isinstance(step, Wait):
-            await asyncio.sleep(step.seconds)
-            step = await asyncio.to_thread(advance, plan, None)
-            continue
-        try:
-            conn = await attempt(step.secret)
-        except Exception as exc:
-            step = await asyncio.to_thread(advance, plan, exc)
-            continue
-        try:
-            end = await asyncio.to_thread(advance, plan, None)
-        except BaseException:  # cancelled after the login: don't leak the connection
-            close = getattr(conn, "close", None)
-            if close is not None:
-                with suppress(Exception):
-                    await close()
-            raise
-        if isinstance(end, Done):
-            return conn
-        raise RuntimeError("login plan went on after a successful login")  # pragma: no cover
 
 
 class AsyncCredentialPool(CredentialPoolMixin, HookedAsyncConnectionPool[ACT]):

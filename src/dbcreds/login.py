@@ -35,12 +35,14 @@ imports psycopg or psycopg_pool (psycopg's ``conninfo_to_dict`` is imported when
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar, runtime_checkable
 
@@ -55,14 +57,15 @@ from .errors import (
     raise_clean,
 )
 from .secret import AWSCURRENT, AWSPENDING, DbSecret
-from .tls import TlsPolicy, check_hosts, login_tls, tls_params_of
+from .tls import PSYCOPG, TlsClient, TlsPolicy, check_hosts, login_tls, tls_params_of
 
 if TYPE_CHECKING:
     from .config import Settings
 
 __all__ = [
     "LOGIN_FAILURES", "ConnectParamsPolicy", "CredentialPoolMixin", "CredentialSource", "Done",
-    "LoginPolicy", "PoolLogin", "Try", "Wait", "advance", "again", "drive", "source_for",
+    "LoginPolicy", "PoolLogin", "Try", "Wait", "advance", "again", "drive", "drive_async",
+    "source_for",
 ]
 
 _pool_logger = logging.getLogger("dbcreds.pool")  # the pools' logins log as the pools
@@ -321,6 +324,38 @@ def drive(plan: Plan, attempt: Callable[[DbSecret], C], sleep: Callable[[float],
         raise RuntimeError("login plan went on after a successful login")  # pragma: no cover
 
 
+async def drive_async(plan: Plan, attempt: Callable[[DbSecret], Awaitable[C]]) -> C:
+    """Run a login plan on the event loop: the asyncio twin of `drive`.
+
+    The plan is advanced in a worker thread (its steps may call Secrets Manager); *attempt*
+    (an ``AsyncConnection.connect``) and the waits run on the loop.
+    """
+    step = await asyncio.to_thread(advance, plan, None)
+    while True:
+        if isinstance(step, Done):  # pragma: no cover - a plan ends only after a success
+            raise RuntimeError("login plan ended without a successful login")
+        if isinstance(step, Wait):
+            await asyncio.sleep(step.seconds)
+            step = await asyncio.to_thread(advance, plan, None)
+            continue
+        try:
+            conn = await attempt(step.secret)
+        except Exception as exc:
+            step = await asyncio.to_thread(advance, plan, exc)
+            continue
+        try:
+            end = await asyncio.to_thread(advance, plan, None)
+        except BaseException:  # cancelled after the login: don't leak the connection
+            close = getattr(conn, "close", None)
+            if close is not None:
+                with suppress(Exception):
+                    await close()
+            raise
+        if isinstance(end, Done):
+            return conn
+        raise RuntimeError("login plan went on after a successful login")  # pragma: no cover
+
+
 # -- what the sync and the asyncio pools share --------------------------------------------
 
 #: What ends a login plan for every caller at once (configuration, not bad luck).
@@ -370,6 +405,8 @@ class PoolLogin:
     `ConnectParamsPolicy`), and remembers the failure (`AuthenticationFailed`,
     `UntrustedServer`) that callers are told at once until a login works again.
 
+    :param tls_client: the driver that logs in (``tls.PSYCOPG`` by default; psycopg2's own
+        libpq, or ``tls.ASYNCPG``, which has none): what the TLS policy can demand of it.
     :param conninfo, kwargs: the pool's, when they are fixed (a string, a dict): the TLS
         settings they name and the source's check apply now, at construction. None when the
         pool's are callables (psycopg_pool calls them at each connection attempt): then both
@@ -388,8 +425,10 @@ class PoolLogin:
         auth_retry_budget: float,
         conninfo: str | None = "",
         sslrootcert: str | None = None,
+        tls_client: TlsClient = PSYCOPG,
     ) -> None:
         self.source = source
+        self.tls_client = tls_client
         self.policy = LoginPolicy(source, budget=auth_retry_budget)
         self.overrides = {
             k: v for k, v in (("host", host), ("port", port), ("dbname", dbname)) if v is not None
@@ -435,6 +474,7 @@ class PoolLogin:
                 token=getattr(self.source, "credential_kind", "password") == "token",
                 source="the pool's sslmode",
                 what=f"the pool of {self.source.secret_id!r}",
+                client=self.tls_client,
             )
             with self._mutex:
                 if len(self._tls_by_key) >= _TLS_POLICIES_KEPT:  # callables may vary forever

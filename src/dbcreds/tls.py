@@ -57,20 +57,25 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import ssl
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import ConfigurationError
 
 __all__ = [
+    "ASYNCPG",
+    "PSYCOPG",
     "SSLMODES",
     "SYSTEM",
+    "TlsClient",
     "TlsPolicy",
     "check_hosts",
     "libpq_supports_policy",
     "login_tls",
     "require_libpq_support",
+    "ssl_context",
     "system_trust_file",
 ]
 
@@ -161,23 +166,66 @@ def _mozilla_bundles() -> list[str]:
     return found
 
 
-def libpq_supports_policy() -> bool:
-    """True when the libpq psycopg uses knows ``require_auth`` (libpq >= 16)."""
+def _psycopg_libpq() -> int:
     import psycopg
 
-    return psycopg.pq.version() >= 160000
+    return psycopg.pq.version()
 
 
-def require_libpq_support() -> None:
+@dataclass(frozen=True)
+class TlsClient:
+    """The client library a login goes through, as far as the TLS policy cares.
+
+    :param name: for messages (``psycopg``, ``psycopg2``, ``asyncpg``).
+    :param libpq_version: the version of the libpq it uses (e.g. 170004), or None for a
+        driver that speaks the protocol itself (asyncpg): such a driver has neither
+        ``require_auth`` nor SCRAM channel binding, so it may only log in to a server whose
+        certificate it verified (``verify-full``), or with TLS explicitly disabled.
+    """
+
+    name: str
+    libpq_version: Callable[[], int] | None
+
+
+#: psycopg 3 (the pools, ``get_connection()``, the rotation, SQLAlchemy, Django)
+PSYCOPG = TlsClient("psycopg", _psycopg_libpq)
+#: asyncpg: no libpq; the policy becomes an ``ssl.SSLContext`` (`ssl_context`)
+ASYNCPG = TlsClient("asyncpg", None)
+
+
+def libpq_supports_policy(client: TlsClient = PSYCOPG) -> bool:
+    """True when the libpq *client* uses knows ``require_auth`` (libpq >= 16)."""
+    version = client.libpq_version
+    return version is not None and version() >= 160000
+
+
+def require_libpq_support(client: TlsClient = PSYCOPG) -> None:
     """Refuse a libpq that cannot enforce the policy (no ``require_auth``, libpq < 16)."""
-    if not libpq_supports_policy():
-        import psycopg
-
+    version = client.libpq_version
+    if version is not None and not libpq_supports_policy(client):
+        hint = {
+            "psycopg": "install psycopg[binary] (it bundles a recent libpq) or a newer libpq",
+            "psycopg2": "install psycopg2-binary 2.9.10 or later (it bundles libpq 17), or "
+            "build psycopg2 against a newer libpq",
+        }.get(client.name, "use a build linked with libpq 16 or later")
         raise ConfigurationError(
-            f"dbcreds needs libpq 16 or later (require_auth, channel_binding), but psycopg uses "
-            f"libpq {psycopg.pq.version()}: install psycopg[binary] (it bundles a recent libpq) "
-            "or a newer libpq"
+            f"dbcreds needs libpq 16 or later (require_auth, channel_binding), but "
+            f"{client.name} uses libpq {version()}: {hint}"
         )
+
+
+def ssl_context(policy: TlsPolicy) -> ssl.SSLContext | None:
+    """The policy as an ``ssl.SSLContext`` for a driver without libpq (asyncpg), or None
+    when TLS is disabled. Only verified policies (`TlsPolicy.verified`) have one: `login_tls`
+    with a client without libpq returns no other."""
+    if policy.sslmode == "disable":
+        return None
+    if not policy.verified:  # pragma: no cover - login_tls refuses it for such a client
+        raise ConfigurationError(f"TLS {policy.describe()} cannot be expressed as an SSLContext")
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
+                                         cafile=str(policy.params["sslrootcert"]))
+    context.check_hostname = policy.sslmode == "verify-full"
+    return context
 
 
 def check_hosts(params: Mapping[str, Any], policy: TlsPolicy) -> None:
@@ -210,6 +258,7 @@ def login_tls(
     source: str = "sslmode",
     what: str = "the credentials",
     ca_setting: str = "DBCREDS_SSLROOTCERT (or sslrootcert=)",
+    client: TlsClient = PSYCOPG,
 ) -> TlsPolicy:
     """The TLS policy of a login (see the module docstring).
 
@@ -221,8 +270,11 @@ def login_tls(
     :param source: who set *sslmode*, for messages (e.g. ``DBCREDS_SSLMODE``).
     :param what: what is being protected, for messages (e.g. ``secret 'prod/app'``).
     :param ca_setting: where the operator names a CA bundle, for messages.
+    :param client: the driver that logs in (`PSYCOPG`, `ASYNCPG`, or psycopg2's); one
+        without libpq can neither demand SCRAM channel binding nor refuse a cleartext password
+        request, so for a password it gets ``verify-full`` or an explicit ``disable`` only.
     """
-    require_libpq_support()
+    require_libpq_support(client)
     mode = sslmode.strip().lower() if sslmode else None
     if mode is not None and mode not in SSLMODES:
         raise ConfigurationError(
@@ -235,6 +287,14 @@ def login_tls(
             mode, source = "require", "default without a CA"
         else:
             mode, source = "verify-full", "default"
+    libpq = client.libpq_version is not None
+    if not libpq and mode in ("require", "verify-ca"):
+        raise ConfigurationError(
+            f"{what}: sslmode {mode} (from {source}) does not verify the server's identity, and "
+            f"{client.name} can neither demand SCRAM channel binding nor refuse a cleartext "
+            "password request, so the password could reach an impostor: use verify-full (the "
+            f"default) with the CA that signs the server's certificate ({ca_setting})"
+        )
     if mode in ("verify-ca", "verify-full"):
         trust = root or default_trust
         if trust is None:
@@ -245,7 +305,7 @@ def login_tls(
         cafile = system_trust_file() if trust == SYSTEM else trust
         if mode == "verify-full":
             params = {"sslmode": mode, "sslrootcert": cafile, **_NO_GSS}
-            if not token:
+            if not token and libpq:
                 params["require_auth"] = "scram-sha-256,md5"
             return TlsPolicy(params, verified=True, source=source)
         if token or trust == SYSTEM:
@@ -276,9 +336,10 @@ def login_tls(
             source=source,
         )
     return TlsPolicy(
-        {"sslmode": "disable", "require_auth": "scram-sha-256", **_NO_GSS},
+        {"sslmode": "disable", **({"require_auth": "scram-sha-256"} if libpq else {}), **_NO_GSS},
         downgrade=f"TLS is disabled (sslmode=disable from {source}): the connection is not "
-        "encrypted and the server is not verified; use this for local development only",
+        "encrypted and the server is not verified; use this for local development only"
+        + ("" if libpq else f" ({client.name} sends the password in clear if the server asks)"),
         source=source,
     )
 
