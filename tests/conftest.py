@@ -90,3 +90,10 @@ def app(stack: LocalStack) -> Iterator[App]:
 def sm(stack: LocalStack, rotation_env: Any) -> Any:
     """The stack's Secrets Manager client for the rotation tests (after ``rotation_env``)."""
     return stack.secrets.client()
+
+
+@pytest.fixture
+def rotating_app(stack: LocalStack, app: App, rotation_env: dict[str, str]) -> App:
+    """``app`` whose secret the rotation function may rotate (``rotation_env`` applies)."""
+    stack.enable_rotation(app.secret_id)
+    return app

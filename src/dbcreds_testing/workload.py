@@ -10,7 +10,7 @@ import asyncio
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,19 +113,26 @@ class Workload(_Recorder):
 
     :param source: returns a connection context manager (``pool.connection`` or
         ``dbcreds.get_connection``).
+    :param request: instead of *source*: one request through any library's own API (a
+        SQLAlchemy ``Session`` query, a Django ORM query, a psycopg2 cursor); it raises on
+        failure.
     :param max_requests: optional bound on the total (a load test stops by itself).
     """
 
     def __init__(
         self,
-        source: ConnectionSource,
+        source: ConnectionSource | None = None,
         *,
+        request: Callable[[], object] | None = None,
         threads: int = 8,
         query: str = "select 1",
         max_requests: int | None = None,
     ) -> None:
         super().__init__(query, max_requests)
+        if (source is None) == (request is None):
+            raise ValueError("give a connection source or a request, not both")
         self.source = source
+        self.request = request or self._query
         self.threads = threads
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
@@ -167,30 +174,41 @@ class Workload(_Recorder):
             t = time.perf_counter()
             failure: BaseException | None = None
             try:
-                with self.source() as conn:
-                    conn.execute(self.query).fetchall()
+                self.request()
             except Exception as exc:  # every failure is a data point
                 failure = exc
             if self._record(t, failure):
                 self._stop.set()
 
+    def _query(self) -> None:
+        assert self.source is not None
+        with self.source() as conn:
+            conn.execute(self.query).fetchall()
+
 
 class AsyncWorkload(_Recorder):
     """The asyncio twin of `Workload`: *tasks* tasks looping ``async with source() as conn``.
+
+    :param request: instead of *source*: a coroutine function making one request through any
+        library's own API (an asyncpg pool's ``fetchval``, an async SQLAlchemy session query).
 
     Start and stop it inside the event loop that owns the pool.
     """
 
     def __init__(
         self,
-        source: AsyncConnectionSource,
+        source: AsyncConnectionSource | None = None,
         *,
+        request: Callable[[], Awaitable[object]] | None = None,
         tasks: int = 8,
         query: str = "select 1",
         max_requests: int | None = None,
     ) -> None:
         super().__init__(query, max_requests)
+        if (source is None) == (request is None):
+            raise ValueError("give a connection source or a request, not both")
         self.source = source
+        self.request = request or self._query
         self.tasks = tasks
         self._stop = asyncio.Event()
         self._runners: list[asyncio.Task[None]] = []
@@ -218,9 +236,13 @@ class AsyncWorkload(_Recorder):
             t = time.perf_counter()
             failure: BaseException | None = None
             try:
-                async with self.source() as conn:
-                    await (await conn.execute(self.query)).fetchall()
+                await self.request()
             except Exception as exc:  # every failure is a data point
                 failure = exc
             if self._record(t, failure):
                 self._stop.set()
+
+    async def _query(self) -> None:
+        assert self.source is not None
+        async with self.source() as conn:
+            await (await conn.execute(self.query)).fetchall()

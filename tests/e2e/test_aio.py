@@ -10,7 +10,6 @@ a plain test, bounded by ``asyncio.wait_for`` (no pytest plugin needed).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from collections.abc import Coroutine
@@ -22,17 +21,10 @@ import dbcreds
 from dbcreds import AuthenticationFailed, SecretProvider
 from dbcreds.aio import AsyncCredentialPool, AsyncSecretProvider, drive_async
 from dbcreds.login import LoginPolicy
-from dbcreds.rotation.local import rotate_locally
 from dbcreds_testing.workload import AsyncWorkload, WorkloadReport
+from rotations import ROUTES, arotate_three_times, assert_three_rotations_served, report
 from support import Clock, FakeSM, Refused
-from test_zero_failures import (
-    ROUTES,
-    assert_three_rotations_served,
-    direct_login_works,
-    load_pool_args,
-    proxy_caught_up,
-    stage_doc,
-)
+from test_zero_failures import load_pool_args
 
 T = TypeVar("T")
 
@@ -45,18 +37,6 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
 def new_pool(secret_id: str, server: Any, **kw: Any) -> AsyncCredentialPool:
     provider, kw = load_pool_args(secret_id, server, AsyncCredentialPool, kw)
     return AsyncCredentialPool(provider, **kw)
-
-
-def report(name: str, result: WorkloadReport, pool: AsyncCredentialPool) -> None:
-    figures = result.summary()
-    figures["GetSecretValue"] = pool.provider.get_stats()["fetches"]
-    print(f"\n[async {name}] {json.dumps(figures)}")
-
-
-@pytest.fixture
-def rotating_app(stack: Any, app: Any, aws_env: dict[str, str]) -> Any:
-    stack.enable_rotation(app.secret_id)
-    return app
 
 
 # -- the driver, without a database ---------------------------------------------------------
@@ -163,37 +143,20 @@ def test_async_three_rotations_under_load_zero_failures(
     in a thread): 0 failed requests, none slower than 1 s, through each proxy behaviour."""
     app = rotating_app
     server = getattr(stack, ROUTES[route])
-    logins_ok: list[bool] = []
 
-    async def scenario() -> tuple[WorkloadReport, AsyncCredentialPool]:
+    async def scenario() -> tuple[WorkloadReport, list[bool], AsyncCredentialPool]:
         async with new_pool(app.secret_id, server) as pool:
             await pool.wait(timeout=15)
             workload = AsyncWorkload(pool.connection, tasks=8).start()
-
-            def between(step: Any) -> None:  # runs in the rotation's thread
-                workload.mark(str(step.step))
-                current = stage_doc(sm_client, app.secret_id, "AWSCURRENT")
-                pending = stage_doc(sm_client, app.secret_id, "AWSPENDING")
-                logins_ok.append(
-                    direct_login_works(stack, current) or direct_login_works(stack, pending)
-                )
-
             try:
                 assert await workload.wait_for_requests(50)
-                for _ in range(3):
-                    rotation = await asyncio.to_thread(
-                        rotate_locally, app.secret_id, pause=0.5, between_steps=between
-                    )
-                    assert rotation.completed
-                    await asyncio.to_thread(
-                        proxy_caught_up, stack, app.secret_id, rotation.token
-                    )
+                logins_ok = await arotate_three_times(stack, app, sm_client, [workload])
             finally:
                 result = await workload.stop()
-            return result, pool
+            return result, logins_ok, pool
 
-    result, pool = run(scenario(), timeout=90)
-    report(route, result, pool)
+    result, logins_ok, pool = run(scenario(), timeout=90)
+    report(f"async {route}", result, pool.provider)
     assert_three_rotations_served(stack, app, result, logins_ok)
 
 
@@ -220,7 +183,7 @@ def test_async_secrets_manager_down_with_warm_cache(
             return result, pool
 
     result, pool = run(scenario())
-    report("secrets-manager-down", result, pool)
+    report("async secrets-manager-down", result, pool.provider)
     assert result.failures == [], result.summary()
     assert pool.provider.get_stats()["stale_served"] >= 1
 

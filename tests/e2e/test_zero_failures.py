@@ -7,29 +7,24 @@ the real rotation handler. Figures are printed (run with ``-s``) for the issue n
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 
 from dbcreds import CredentialPool, SecretProvider
 from dbcreds.rotation.events import RotationStep
 from dbcreds.rotation.local import rotate_locally
-from dbcreds_testing.workload import Workload, WorkloadReport
+from dbcreds_testing.workload import Workload
+from rotations import (
+    ROUTES,
+    assert_three_rotations_served,
+    report,
+    rotate_three_times,
+)
 
 pytestmark = pytest.mark.load
-
-ROUTES = {"direct": "postgres", "pgbouncer-auth_query": "pgbouncer", "rds-proxy-like": "rds_proxy"}
-
-
-@pytest.fixture
-def rotating_app(stack: Any, app: Any, rotation_env: None) -> Any:
-    stack.enable_rotation(app.secret_id)
-    return app
-
 
 def load_pool_args(
     secret_id: str, server: Any, pool_class: Any, kw: dict[str, Any]
@@ -58,86 +53,19 @@ def make_pool(aws_env: dict[str, str]) -> Iterator[Any]:
         pool.close()
 
 
-def report(name: str, result: WorkloadReport, pool: CredentialPool | None = None) -> None:
-    figures = result.summary()
-    if pool is not None:
-        figures["GetSecretValue"] = pool.provider.get_stats()["fetches"]
-    print(f"\n[{name}] {json.dumps(figures)}")
-    slow = [(round(r.start, 2), round(r.seconds, 2)) for r in result.requests if r.seconds > 0.5]
-    if slow:  # diagnostics for a slow request: when it started, against the rotation steps
-        print(f"  slow requests (start, seconds): {slow[:20]}")
-        print(f"  marks: {[(round(m.at, 2), m.label) for m in result.marks]}")
-
-
-def proxy_caught_up(stack: Any, secret_id: str, version: str) -> None:
-    """Start the next rotation once the RDS Proxy stand-in applied the last one.
-
-    Rotations are days apart in production; back to back (0.5 s pauses) the stand-in could
-    apply rotation N's password just after rotation N+1's setSecret changed it again, and
-    PgBouncer, unlike RDS Proxy, closes its server connections of a user whose auth_file
-    password changed: every query would then wait for the next refresh. That is a property
-    of the stand-in, not of a rotation, so the tests wait for the proxy (an event, not a
-    sleep) between rotations."""
-    stack.rds_proxy.wait_applied(secret_id, version, timeout=15)
-
-
-def direct_login_works(stack: Any, doc: dict[str, Any] | None) -> bool:
-    if doc is None:
-        return False
-    try:
-        with psycopg.connect(host=stack.postgres.host, port=stack.postgres.port,
-                             dbname=doc.get("dbname", "postgres"), user=doc["username"],
-                             password=doc["password"], connect_timeout=5):
-            return True
-    except psycopg.OperationalError:
-        return False
-
-
-def stage_doc(sm_client: Any, secret_id: str, stage: str) -> dict[str, Any] | None:
-    try:
-        value = sm_client.get_secret_value(SecretId=secret_id, VersionStage=stage)
-    except sm_client.exceptions.ResourceNotFoundException:
-        return None
-    doc: dict[str, Any] = json.loads(value["SecretString"])
-    return doc
-
-
 @pytest.mark.parametrize("route", list(ROUTES))
 def test_three_rotations_under_load_zero_failures(
     stack: Any, rotating_app: Any, make_pool: Any, sm_client: Any, route: str
 ) -> None:
     app = rotating_app
     pool = make_pool(app.secret_id, getattr(stack, ROUTES[route]))
-    logins_ok: list[bool] = []
-
-    def between(step: Any) -> None:
-        workload.mark(str(step.step))
-        current = stage_doc(sm_client, app.secret_id, "AWSCURRENT")
-        pending = stage_doc(sm_client, app.secret_id, "AWSPENDING")
-        logins_ok.append(direct_login_works(stack, current) or direct_login_works(stack, pending))
-
     with Workload(pool.connection, threads=8) as workload:
         assert workload.wait_for_requests(50)
-        for _ in range(3):
-            rotation = rotate_locally(app.secret_id, pause=0.5, between_steps=between)
-            assert rotation.completed
-            proxy_caught_up(stack, app.secret_id, rotation.token)
+        logins_ok = rotate_three_times(stack, app, sm_client, [workload])
         result = workload.stop()
 
-    report(route, result, pool)
+    report(route, result, pool.provider)
     assert_three_rotations_served(stack, app, result, logins_ok)
-
-
-def assert_three_rotations_served(
-    stack: Any, app: Any, result: WorkloadReport, logins_ok: list[bool]
-) -> None:
-    """What a load test through three rotations must show (sync and asyncio alike)."""
-    assert result.failures == [], result.summary()
-    assert result.worst < 1.0, result.summary()
-    assert len(logins_ok) == 12 and all(logins_ok)  # AWSCURRENT or AWSPENDING at every step
-    # The workload really ran across the rotations, and the password really changed.
-    assert len(result.requests) > 500
-    assert not direct_login_works(stack, {"username": app.username, "password": app.password})
 
 
 def test_existing_connections_survive_a_rotation(
@@ -165,7 +93,7 @@ def test_secrets_manager_down_10s_with_warm_cache(
             done.wait(10.0)  # the outage lasts 10 s: this *is* the scenario, not a sync point
         workload.mark("back")
         result = workload.stop()
-    report("secrets-manager-down", result, pool)
+    report("secrets-manager-down", result, pool.provider)
     assert result.failures == [], result.summary()
     assert pool.provider.get_stats()["stale_served"] >= 1  # the cache really expired meanwhile
 
@@ -211,7 +139,7 @@ def test_restart_during_load_recovers_by_itself(
         restarted_at = workload.snapshot()[0]
         assert workload.wait_for_requests(restarted_at + 200, timeout=30)
         result = workload.stop()
-    report(f"{server_name}-restart", result, pool)
+    report(f"{server_name}-restart", result, pool.provider)
     marks = {m.label: m.at for m in result.marks}
     after = [r for r in result.requests if r.start > marks["restarted"]]
     assert len(after) >= 200 and all(r.error is None for r in after[-100:]), "no recovery"
@@ -245,7 +173,7 @@ def test_rotation_stopped_after_set_secret_keeps_serving_and_resumes(
         served = workload.snapshot()[0]
         assert workload.wait_for_requests(served + 200, timeout=30)
         result = workload.stop()
-    report(f"crash-after-setSecret-{route}", result, pool)
+    report(f"crash-after-setSecret-{route}", result, pool.provider)
     assert result.failures == [], result.summary()
 
 
@@ -273,7 +201,7 @@ def test_failed_test_secret_notifies_once_and_app_keeps_serving(
         served = workload.snapshot()[0]
         assert workload.wait_for_requests(served + 200, timeout=30)
         result = workload.stop()
-    report("testSecret-fails", result, pool)
+    report("testSecret-fails", result, pool.provider)
     assert "testSecret" in str(info.value) or "test" in type(info.value).__name__.lower()
     assert stack.secrets.count("Publish") - before == 1
     assert result.failures == [], result.summary()
