@@ -23,7 +23,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Literal, overload
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, raise_clean
+from .secret import SECRET_FIELDS, check_key_map
 from .tls import SSLMODES  # the sslmodes dbcreds accepts: the TLS policy's own list
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "SSLMODES",
     "boolean",
     "choice",
+    "key_map",
     "number",
     "port",
     "sslmode",
@@ -219,3 +221,28 @@ def sslmode(env: Env, name: str) -> str | None:
     """A libpq sslmode from `SSLMODES` (lower-case), or None when unset."""
     return choice(env, name, SSLMODES, None,
                   note="allow/prefer can fall back to plaintext silently")
+
+
+def key_map(env: Env, name: str) -> dict[str, str] | None:
+    """A secret key mapping, ``field=key`` pairs separated by commas (e.g.
+    ``username=user,dbname=database``); None when unset. See ``secret.check_key_map``."""
+    raw = _raw(env, name)
+    if raw is None:
+        return None
+    rule = (
+        f"{name} must be field=key pairs separated by commas (e.g. username=user), each field "
+        f"one of {', '.join(SECRET_FIELDS)} at most once, each key a non-empty name used for "
+        "one field only"
+    )
+    pairs: dict[str, str] = {}
+    for item in raw.split(","):
+        field_name, sep, key = item.partition("=")
+        field_name = field_name.strip()
+        if not sep or not field_name or field_name in pairs:
+            raise ConfigurationError(rule)
+        pairs[field_name] = key.strip()
+    try:
+        return check_key_map(pairs, name)
+    except ValueError:
+        problem = ConfigurationError(rule)
+    raise_clean(problem)  # check_key_map's message quotes the value

@@ -137,7 +137,8 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                   file=err)
             return 1
         secret = DbSecret.from_json(text, secret_id=args.secret,
-                                    version_id=response.get("VersionId"))
+                                    version_id=response.get("VersionId"),
+                                    keys=_env.key_map(os.environ, "DBCREDS_SECRET_KEYS"))
     except DbcredsError as exc:
         print(f"FAILED: {exc}", file=err)
         return 1
@@ -150,6 +151,10 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     for key in ("host", "port", "dbname"):
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)
+    if not kwargs.get("host"):
+        print(f"FAILED: {args.stage} of {args.secret!r} names no host (an RDS-managed secret "
+              "holds only the username and the password): give --host", file=err)
+        return 1
     where = f"{kwargs['host']}:{kwargs['port']}/{kwargs['dbname']} as {secret.username!r}"
     label = f"{args.stage} of {args.secret!r} (version {secret.version_id})"
     try:

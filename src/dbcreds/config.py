@@ -5,6 +5,10 @@
 ``DBCREDS_HOST``         host to connect to instead of the secret's (the RDS Proxy endpoint)
 ``DBCREDS_PORT``         port instead of the secret's
 ``DBCREDS_DBNAME``       database instead of the secret's
+``DBCREDS_SECRET_KEYS``  the secret's own key names, when they are not the RDS format's:
+                         ``field=key`` pairs, e.g. ``username=user,dbname=database`` (fields:
+                         ``username``, ``password``, ``host``, ``port``, ``dbname``,
+                         ``engine``)
 ``DBCREDS_SSLMODE``      ``verify-full`` (default), ``verify-ca``, ``require`` (no CA: SCRAM
                          channel binding required) or ``disable`` (local development only)
 ``DBCREDS_SSLROOTCERT``  CA bundle of the server (the RDS CA bundle for a database endpoint)
@@ -25,6 +29,12 @@ Every value is checked (``dbcreds._env``): numbers in ASCII digits, finite, in r
 
 Plain data: ``login.source_for(settings)`` builds the credential source, ``pool.build_pool`` and
 ``aio.build_async_pool`` the default pools.
+
+**Which side supplies what.** The secret must hold the username and the password (no
+configuration supplies them). Host, port and database come from ``DBCREDS_HOST``/``_PORT``/
+``_DBNAME`` when set, else from the secret (an RDS-managed master secret holds only the
+username and the password, so ``DBCREDS_HOST`` is then required), else port 5432 and database
+``postgres``. A login with no host from either side is refused with an error saying so.
 
 Region and endpoint come from botocore's own settings (``AWS_DEFAULT_REGION``, set by Lambda,
 ``AWS_ENDPOINT_URL_SECRETS_MANAGER``); no password ever comes from the environment.
@@ -58,6 +68,7 @@ class Settings:
     auth_retry_budget: float = 5.0
     iam_user: str | None = None
     pool_max_lifetime: float = 3600.0
+    secret_keys: Mapping[str, str] | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -104,6 +115,7 @@ class Settings:
             auth_retry_budget=_env.number(env, "DBCREDS_AUTH_RETRY_BUDGET", 5.0, low=0),
             iam_user=iam_user,
             pool_max_lifetime=_env.number(env, "DBCREDS_POOL_MAX_LIFETIME", 3600.0, above=0),
+            secret_keys=_env.key_map(env, "DBCREDS_SECRET_KEYS"),
         )
 
     def pool_options(self) -> dict[str, Any]:

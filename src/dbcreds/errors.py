@@ -12,6 +12,8 @@ import enum
 from collections.abc import Iterable
 from typing import NoReturn
 
+from typing_extensions import Self
+
 __all__ = [
     "MASK",
     "AuthFailure",
@@ -36,6 +38,14 @@ MASK = "********"
 
 class DbcredsError(Exception):
     """Base class of every error raised by dbcreds."""
+
+    def again(self) -> Self:
+        """A fresh copy, to raise anew to one more caller (its own traceback, no chain): a
+        pool tells every waiting caller the same failure."""
+        fresh = Exception.__new__(type(self))
+        fresh.args = self.args
+        fresh.__dict__.update(self.__dict__)
+        return fresh
 
 
 def raise_clean(err: BaseException) -> NoReturn:
@@ -132,10 +142,6 @@ class AuthenticationFailed(DbcredsError):
             "failed half-way: see the rotation Lambda's log)"
         )
 
-    def again(self) -> AuthenticationFailed:
-        """A fresh copy (raised anew to each caller, with its own traceback)."""
-        return AuthenticationFailed(self.secret_id, self.detail)
-
 
 class UntrustedServer(ConfigurationError):
     """A login was stopped before any credential left: the server's identity could not be
@@ -153,10 +159,6 @@ class UntrustedServer(ConfigurationError):
         super().__init__(
             f"the credentials of {secret_id!r} were not sent to {where}: {detail}. {hint}"
         )
-
-    def again(self) -> UntrustedServer:
-        """A fresh copy (raised anew to each caller, with its own traceback)."""
-        return UntrustedServer(self.secret_id, self.where, self.detail, self.hint)
 
 
 class AuthFailure(enum.Enum):

@@ -51,6 +51,9 @@ from .errors import (
     AuthFailure,
     ConfigurationError,
     DbcredsError,
+    InvalidSecret,
+    SecretAccessDenied,
+    SecretNotFound,
     UntrustedServer,
     classify_auth_failure,
     classify_tls_failure,
@@ -358,8 +361,13 @@ async def drive_async(plan: Plan, attempt: Callable[[DbSecret], Awaitable[C]]) -
 
 # -- what the sync and the asyncio pools share --------------------------------------------
 
-#: What ends a login plan for every caller at once (configuration, not bad luck).
-LOGIN_FAILURES = (AuthenticationFailed, UntrustedServer)
+#: What ends a login plan for every caller at once: configuration, not bad luck (a refused
+#: login the plan could not heal, a server libpq would not trust, a secret that is missing,
+#: unreadable or incomplete, a host that neither the secret nor the configuration gives).
+#: Secrets Manager being unavailable is not among them: stale-if-error and retries apply.
+LOGIN_FAILURES = (
+    AuthenticationFailed, ConfigurationError, InvalidSecret, SecretNotFound, SecretAccessDenied,
+)
 
 #: seconds an expired connection is kept while a login waits out a rotation window
 _LIFETIME_GRACE = 1.0
@@ -367,8 +375,7 @@ _LIFETIME_GRACE = 1.0
 
 def again(failure: DbcredsError) -> DbcredsError:
     """A fresh copy of *failure* to raise to one more caller (its own traceback)."""
-    fresh = getattr(failure, "again", None)
-    return fresh() if fresh is not None else failure
+    return failure.again()
 
 
 def source_for(settings: Settings) -> CredentialSource:
@@ -385,7 +392,7 @@ def source_for(settings: Settings) -> CredentialSource:
         )
     from .provider import SecretProvider
 
-    return SecretProvider(settings.secret_id, ttl=settings.secret_ttl)
+    return SecretProvider(settings.secret_id, ttl=settings.secret_ttl, keys=settings.secret_keys)
 
 
 def _conninfo_to_dict(conninfo: str) -> dict[str, Any]:
@@ -510,7 +517,8 @@ class PoolLogin:
         kwargs that psycopg_pool resolved for this attempt.
 
         A configuration that no retry heals (a Unix-domain socket with TLS, TLS settings or
-        an endpoint the source refuses) raises `UntrustedServer`: every caller is told at once.
+        an endpoint the source refuses) raises `UntrustedServer`, no host from either the
+        secret or the configuration a `ConfigurationError`: every caller is told at once.
         """
         kwargs = self.connect_kwargs(kwargs)
         try:
@@ -519,6 +527,13 @@ class PoolLogin:
             self._refuse("the server", "the pool's TLS settings are refused", exc)
         params = {**kwargs, **secret.connect_kwargs(), **self.overrides, **tls.params}
         everything = {**_conninfo_to_dict(conninfo), **params}
+        if not everything.get("host") and not everything.get("hostaddr"):
+            raise_clean(ConfigurationError(
+                f"secret {self.source.secret_id!r} names no host, and no host is configured: "
+                "an RDS-managed secret holds only the username and the password, so the "
+                "configuration must give the endpoint (DBCREDS_HOST, or host=: the RDS Proxy "
+                "or database endpoint)"
+            ))
         try:
             check_hosts(everything, tls)
         except ConfigurationError as exc:

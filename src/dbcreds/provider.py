@@ -30,7 +30,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +45,7 @@ from .errors import (
     SecretsManagerUnavailable,
     raise_clean,
 )
-from .secret import AWSCURRENT, AWSPENDING, AWSPREVIOUS, DbSecret
+from .secret import AWSCURRENT, AWSPENDING, AWSPREVIOUS, DbSecret, check_key_map
 
 # The staging labels are defined in dbcreds.secret; re-exported here (dbcreds.provider.AWSCURRENT).
 __all__ = ["AWSCURRENT", "AWSPENDING", "AWSPREVIOUS", "SecretProvider"]
@@ -80,6 +80,8 @@ class SecretProvider:
         with a ``fetch_fresh`` method (a cache) has it called for forced refreshes. Without
         ``client`` and ``fetcher``: the Lambda extension / Secrets Manager Agent when one is
         configured, else boto3 (``dbcreds.extension``).
+    :param keys: the secret's own key names where they differ from the RDS format's, as
+        ``{field: key}`` (``{"username": "user"}``; see ``secret.check_key_map``).
     """
 
     def __init__(
@@ -94,9 +96,11 @@ class SecretProvider:
         error_backoff: tuple[float, float] = (0.5, 30.0),
         fetcher: Fetcher | None = None,
         clock: Callable[[], float] = time.monotonic,
+        keys: Mapping[str, str] | None = None,
     ) -> None:
         if not secret_id:
             raise ValueError("secret_id is required")
+        self.keys = check_key_map(keys or {})
         if ttl < 0 or not 0.0 <= jitter < 1.0:
             raise ValueError("ttl must be >= 0 and jitter in [0, 1)")
         self.secret_id = secret_id
@@ -321,4 +325,5 @@ class SecretProvider:
                 else "has no SecretString"
             )
             raise InvalidSecret(self.secret_id, None, reason)
-        return DbSecret.from_json(secret_string, secret_id=self.secret_id, version_id=version_id)
+        return DbSecret.from_json(secret_string, secret_id=self.secret_id, version_id=version_id,
+                                  keys=self.keys)

@@ -17,7 +17,9 @@ import atexit
 import json
 import secrets
 import tempfile
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -32,7 +34,9 @@ from .tls import LocalCA
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["App", "LocalStack", "Via"]
+    from dbcreds.rotation.events import RotationStep
+
+__all__ = ["App", "LocalStack", "RdsRotation", "RdsRotationStep", "Via"]
 
 Via = Literal["postgres", "pgbouncer", "rds_proxy"]
 
@@ -274,26 +278,109 @@ class LocalStack:
         """DescribeSecret shows RotationEnabled=True; see SecretsManagerEndpoint.enable_rotation."""
         self.secrets.enable_rotation(secret_id, **kwargs)
 
+    def rotate_like_rds(
+        self,
+        secret_id: str,
+        *,
+        pause: float = 0.0,
+        between_steps: Callable[[RdsRotationStep], None] | None = None,
+    ) -> RdsRotation:
+        """Rotate a secret the way RDS rotates one it manages (single user, the two-key format
+        kept): AWSPENDING gets ``username`` and a new ``password`` (createSecret), the role's
+        password changes in the database (setSecret), the new one is checked (testSecret),
+        AWSCURRENT moves to it (finishSecret). *pause* seconds between steps (the rotation
+        window applications must live through); *between_steps* is called after each step.
+        """
+        import time
+
+        from dbcreds.rotation.events import RotationStep
+
+        sm = self.sm()
+        with secret_call():
+            current = sm.get_secret_value(SecretId=secret_id, VersionStage="AWSCURRENT")
+        username = json.loads(current["SecretString"])["username"]
+        token = str(uuid.uuid4())
+        password = _proc.random_password()
+        rotation = RdsRotation(secret_id, token)
+
+        def create() -> None:
+            with secret_call():
+                sm.put_secret_value(
+                    SecretId=secret_id, ClientRequestToken=token, VersionStages=["AWSPENDING"],
+                    SecretString=json.dumps({"username": username, "password": password}),
+                )
+
+        def test() -> None:
+            with self.connect(username, password):
+                pass
+
+        def finish() -> None:
+            with secret_call():
+                sm.update_secret_version_stage(
+                    SecretId=secret_id, VersionStage="AWSCURRENT", MoveToVersionId=token,
+                    RemoveFromVersionId=current["VersionId"],
+                )
+                sm.update_secret_version_stage(
+                    SecretId=secret_id, VersionStage="AWSPENDING", RemoveFromVersionId=token,
+                )
+
+        steps = (
+            (RotationStep.CREATE, create),
+            (RotationStep.SET, lambda: self.set_password(username, password)),
+            (RotationStep.TEST, test),
+            (RotationStep.FINISH, finish),
+        )
+        for i, (step, run) in enumerate(steps):
+            if i and pause:
+                time.sleep(pause)  # the rotation window: the scenario, not synchronisation
+            run()
+            if between_steps is not None:
+                between_steps(RdsRotationStep(step))
+        rotation.completed = True
+        return rotation
+
     def new_app(
         self,
         prefix: str = "app",
         *,
         watch: bool = True,
         grants: Iterable[str] = ("USAGE", "CREATE"),
+        rds_managed: bool = False,
     ) -> App:
         """A fresh role with a random password and a fresh secret for it.
 
         ``watch=True`` adds the secret to the RDS Proxy stand-in (as attaching a secret to an RDS
         Proxy would); undo with ``stack.rds_proxy.unwatch(app.secret_id)``.
+        ``rds_managed=True``: the secret has the format of one that RDS manages
+        (``manage_master_user_password``): only ``username`` and ``password``; rotate it with
+        `rotate_like_rds`.
         """
         username = f"{prefix}_{secrets.token_hex(4)}"
         password = _proc.random_password()
         self.create_role(username, password, grants=grants)
         name = f"dbcreds-test/{username}"
-        arn = self.create_secret(name, self.secret_doc(username, password))
+        doc = ({"username": username, "password": password} if rds_managed
+               else self.secret_doc(username, password))
+        arn = self.create_secret(name, doc)
         if watch:
             self.rds_proxy.watch(name)
         return App(name, username, password, arn)
+
+
+@dataclass(frozen=True)
+class RdsRotationStep:
+    """One step of `LocalStack.rotate_like_rds` (``step`` as in a `RotationStep` event)."""
+
+    step: RotationStep
+
+
+@dataclass
+class RdsRotation:
+    """What `LocalStack.rotate_like_rds` did (shaped like ``rotation.local.LocalRotation``)."""
+
+    secret_id: str
+    token: str
+    completed: bool = False
 
 
 def _proc_keep() -> bool:

@@ -104,13 +104,12 @@ VALID = {"engine": "postgres", "host": "127.0.0.1", "port": 5432, "username": "u
         (json.dumps([VALID]), None),
         (json.dumps({k: v for k, v in VALID.items() if k != "username"}), "username"),
         (json.dumps({k: v for k, v in VALID.items() if k != "password"}), "password"),
-        (json.dumps({k: v for k, v in VALID.items() if k != "host"}), "host"),
         (json.dumps({**VALID, "port": "abc"}), "port"),
         (json.dumps({**VALID, "password": ""}), "password"),
         (json.dumps({**VALID, "password": ["Very-Secret-Pw-123"]}), "password"),
         (b"Very-Secret-Pw-123", None),  # binary-only secret
     ],
-    ids=["not-json", "json-array", "no-username", "no-password", "no-host", "port-abc",
+    ids=["not-json", "json-array", "no-username", "no-password", "port-abc",
          "empty-password", "non-string-password", "binary-only"],
 )
 def test_bad_secret_values_are_typed_and_never_echoed(

@@ -140,13 +140,14 @@ def test_snapshot_and_restore_renew_the_default_async_pool(
 ) -> None:
     app = lambda_env
 
-    async def invocation() -> tuple[int, int]:
+    async def invocation() -> tuple[int, object]:
         from dbcreds.aio import default_async_pool
 
         async with dbcreds.get_async_connection() as conn:
             row = await (await conn.execute("select pg_backend_pid()")).fetchone()
         assert row is not None
-        return int(row[0]), id(await default_async_pool())
+        # the pool itself, not its id(): a collected pool's id may be reused by the next one
+        return int(row[0]), await default_async_pool()
 
     loop = asyncio.new_event_loop()  # one loop for the life of the function
     try:
@@ -158,7 +159,7 @@ def test_snapshot_and_restore_renew_the_default_async_pool(
         assert aio._default is None
         runtime.restore()
         pid_after, pool_after = loop.run_until_complete(invocation())
-        assert pool_after != pool_before and pid_after != pid_before
+        assert pool_after is not pool_before and pid_after != pid_before
         assert fetches(stack, app) == fetched + 1
         loop.run_until_complete(dbcreds.close_default_async_pool())
     finally:

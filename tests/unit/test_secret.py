@@ -7,6 +7,7 @@ import json
 import pytest
 
 from dbcreds import DbSecret, InvalidSecret
+from dbcreds.secret import check_key_map
 
 PASSWORD = "pa55-Secret-value"  # a value that must never be echoed
 BASE = {
@@ -42,7 +43,6 @@ def test_port_as_numeric_string_and_dbname_default() -> None:
     [
         ({k: v for k, v in BASE.items() if k != "username"}, "username", "missing"),
         ({k: v for k, v in BASE.items() if k != "password"}, "password", "missing"),
-        ({k: v for k, v in BASE.items() if k != "host"}, "host", "missing"),
         ({**BASE, "port": "abc"}, "port", "integer"),
         ({**BASE, "port": 70000}, "port", "range"),
         ({**BASE, "port": True}, "port", "boolean"),
@@ -84,3 +84,53 @@ def test_same_login() -> None:
     assert a.same_login(parse(BASE).with_changes(version_id="v2"))
     assert not a.same_login(a.with_changes(password="other"))
     assert not a.same_login(None)
+
+
+def test_rds_managed_secret_two_keys() -> None:
+    """A secret RDS manages (manage_master_user_password) holds only username and password:
+    parsed with no host (configuration supplies it), written back without inventing one."""
+    secret = parse({"username": "postgres", "password": PASSWORD})
+    assert secret.host is None
+    assert (secret.port, secret.dbname) == (5432, "postgres")
+    assert "host" not in secret.connect_kwargs()
+    assert "host" not in secret.to_dict()
+    assert PASSWORD not in repr(secret)
+
+
+def test_missing_password_says_the_secret_must_hold_it() -> None:
+    with pytest.raises(InvalidSecret) as info:
+        parse({"username": "app"})
+    assert "the secret itself must hold the password" in str(info.value)
+
+
+def test_key_mapping_reads_other_key_names() -> None:
+    doc = {"user": "app", "pass": PASSWORD, "hostname": "db.example", "db_port": "6432",
+           "database": "orders", "note": "kept"}
+    keys = check_key_map({"username": "user", "password": "pass", "host": "hostname",
+                          "port": "db_port", "dbname": "database"})
+    secret = DbSecret.from_json(json.dumps(doc), secret_id="s", keys=keys)
+    assert (secret.username, secret.password, secret.host, secret.port, secret.dbname) == (
+        "app", PASSWORD, "db.example", 6432, "orders")
+    assert secret.extra == {"note": "kept"}
+
+
+def test_key_mapping_names_the_mapped_key_when_missing() -> None:
+    with pytest.raises(InvalidSecret) as info:
+        DbSecret.from_json(json.dumps({"username": "app"}), secret_id="s",
+                           keys={"password": "pass"})
+    assert info.value.key == "pass"
+    assert "key mapping's name for password" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("mapping", "problem"),
+    [
+        ({"user": "login"}, "not a secret field"),
+        ({"username": ""}, "non-empty"),
+        ({"username": "password"}, "two fields"),
+        ({"username": "login", "password": "login"}, "two fields"),
+    ],
+)
+def test_key_mapping_is_checked(mapping: dict[str, str], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        check_key_map(mapping)

@@ -125,6 +125,11 @@ CASES = [
     ("rotation", "DBCREDS_ROTATION_SSLMODE", "Prefer"),
     ("rotation", "DBCREDS_ROTATION_SSLMODE", "ALLOW"),
     ("rotation", "DBCREDS_ROTATION_SSLMODE", "verify-sometimes"),
+    ("sdk", "DBCREDS_SECRET_KEYS", "login-name"),
+    ("sdk", "DBCREDS_SECRET_KEYS", "login=user"),
+    ("sdk", "DBCREDS_SECRET_KEYS", "username=user,username=login"),
+    ("sdk", "DBCREDS_SECRET_KEYS", "username=,password=pw"),
+    ("sdk", "DBCREDS_SECRET_KEYS", "username=secretkey,password=secretkey"),
     ("rotation", "LOG_LEVEL", "chatty"),
     ("rotation", "LOG_LEVEL", "TRACE"),
     ("rotation", "ROTATION_STRATEGY", "multi-user-x"),
@@ -183,7 +188,9 @@ def test_good_values_parse() -> None:
         "DBCREDS_AUTH_RETRY_BUDGET": "+2.5", "DBCREDS_POOL_MAX_LIFETIME": ".5",
         "DBCREDS_POOL_MIN_SIZE": "0", "DBCREDS_POOL_MAX_SIZE": "+4", "DBCREDS_POOL_CHECK": "Off",
         "DBCREDS_SSLMODE": "VERIFY-FULL", "DBCREDS_SSLROOTCERT": " system ",
+        "DBCREDS_SECRET_KEYS": " username = user, dbname=database ",
     })  # fmt: skip
+    assert s.secret_keys == {"username": "user", "dbname": "database"}
     assert (s.port, s.secret_ttl, s.auth_retry_budget, s.pool_max_lifetime) == (
         6432, 100.0, 2.5, 0.5)
     assert (s.pool_min_size, s.pool_max_size, s.pool_check) == (0, 4, False)

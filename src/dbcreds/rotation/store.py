@@ -13,7 +13,7 @@ from typing import Any
 
 from .._aws import ErrorKind, client_error_code, error_kind, secret_call, translate
 from ..errors import InvalidSecret, SecretNotFound
-from ..secret import AWSCURRENT, AWSPENDING, DbSecret
+from ..secret import AWSCURRENT, AWSPENDING, KEY_HOST, DbSecret
 from .events import Versions
 
 __all__ = ["SecretStore"]
@@ -77,6 +77,12 @@ class SecretStore:
         except InvalidSecret as exc:
             raise InvalidSecret(self.secret_id, exc.key, f"{exc.reason} (in {stage})") from None
         self.seen.append(secret.password)
+        if secret.host is None:
+            raise InvalidSecret(
+                self.secret_id, KEY_HOST, f"is missing (in {stage}): the rotation function "
+                "connects to the database the secret names (a secret that RDS manages itself, "
+                "with only a username and a password, is rotated by RDS, not by this function)"
+            )
         return secret
 
     def current(self) -> DbSecret:
