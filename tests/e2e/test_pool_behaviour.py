@@ -151,3 +151,28 @@ def test_wrong_password_fails_every_waiting_caller_fast(
         r.getMessage() + (r.exc_text or "") for r in caplog.records
     ]
     assert not [t for t in texts if wrong in t or app.password in t]
+
+
+@pytest.mark.parametrize(
+    ("doc", "error"),
+    [
+        (None, "SecretNotFound"),  # no such secret
+        ({"username": "app"}, "InvalidSecret"),  # no password: the secret must hold it
+    ],
+    ids=["missing-secret", "no-password"],
+)
+def test_a_secret_no_retry_can_use_fails_every_waiting_caller_fast(
+    stack: Any, aws_env: Any, make_pool: Callable[..., Pool], doc: Any, error: str
+) -> None:
+    """Configuration, not bad luck: every caller is told at once (not after a 30 s
+    PoolTimeout while psycopg_pool retries in the background)."""
+    name = f"dbcreds-test/unusable-{time.monotonic_ns()}"
+    if doc is not None:
+        stack.create_secret(name, doc)
+    pool = make_pool(name, stack.pgbouncer, min_size=1, timeout=30)
+    t0 = time.monotonic()
+    errors = pool.burst(4)
+    elapsed = time.monotonic() - t0
+    print(f"\n[{pool.flavour} {error}] told after {elapsed * 1000:.0f} ms")
+    assert elapsed < 2.0
+    assert [type(e).__name__ for e in errors] == [error] * 4, errors
