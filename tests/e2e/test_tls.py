@@ -204,3 +204,37 @@ def test_conninfo_and_kwargs_cannot_smuggle_a_weak_mode() -> None:
     for options in ({"conninfo": "sslmode=prefer"}, {"kwargs": {"sslmode": "allow"}}):
         with pytest.raises(ConfigurationError, match="allow and prefer"):
             CredentialPool(SecretProvider("prod/app"), open=False, **options)
+
+
+# -- a driver without libpq (asyncpg) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sslmode", "root"), [
+    ("require", None), ("verify-ca", "/ca.pem"), (None, None),
+])  # fmt: skip
+def test_a_driver_without_libpq_gets_a_verified_server_or_nothing(
+    sslmode: str | None, root: str | None
+) -> None:
+    """asyncpg can neither demand channel binding nor refuse a cleartext-password request:
+    without a verified server (here also the rotation-like default with no trust) it gets no
+    password."""
+    with pytest.raises(ConfigurationError, match="asyncpg cannot|asyncpg can neither"):
+        login_tls(sslmode=sslmode, sslrootcert=root, default_trust=None, client=tls.ASYNCPG)
+
+
+def test_a_driver_without_libpq_verify_full_and_its_ssl_context(stack: Any) -> None:
+    policy = login_tls(sslmode=None, sslrootcert=stack.ca_file, client=tls.ASYNCPG)
+    assert dict(policy.params) == {"sslmode": "verify-full", "sslrootcert": stack.ca_file,
+                                   "gssencmode": "disable"}  # no require_auth: not libpq
+    context = tls.ssl_context(policy)
+    assert context is not None and context.check_hostname
+    assert context.verify_mode.name == "CERT_REQUIRED"
+    off = login_tls(sslmode="disable", sslrootcert=None, client=tls.ASYNCPG)
+    assert tls.ssl_context(off) is None
+    assert off.downgrade is not None and "in clear" in off.downgrade
+
+
+def test_an_old_libpq_of_another_driver_is_refused() -> None:
+    old = tls.TlsClient("psycopg2", lambda: 150004)
+    with pytest.raises(ConfigurationError, match="psycopg2 uses libpq 150004"):
+        login_tls(sslmode=None, sslrootcert=None, client=old)
