@@ -2,7 +2,9 @@
 
     make bench                       # = .venv/bin/python benchmarks/run.py
     python benchmarks/run.py --quick # fewer runs, a smaller fleet (a smoke test of the harness)
-    python benchmarks/run.py --only cold,warm,concurrent,rotation,fleet
+    python benchmarks/run.py --only cold,warm,integrations,concurrent,rotation,fleet
+
+A run with --only keeps the other sections of the last results.json, each with its date.
 
 Never prints a password.
 """
@@ -21,7 +23,7 @@ from typing import Any
 
 from _common import HERE, compile_bytecode, machine, tls_env
 
-ALL = ("cold", "warm", "concurrent", "rotation", "fleet")
+ALL = ("cold", "warm", "integrations", "concurrent", "rotation", "fleet")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         if "warm" in only:
             step("warm path")
             results["warm"] = warm_path(stack, blocks=4 if opts.quick else 20)
+        if "integrations" in only:
+            from integrations import integrations
+
+            step("warm path of each integration")
+            results["integrations"] = integrations(stack, blocks=2 if opts.quick else 10)
         if "concurrent" in only:
             step("concurrent cold start")
             results["concurrent"] = concurrent_cold_start(stack, runs=1 if opts.quick else 3)
@@ -75,6 +82,19 @@ def main(argv: list[str] | None = None) -> int:
         results["fleet"] = fleet(opts.output, containers=1000 if opts.quick else 10_000,
                                  duration=900 if opts.quick else 1500)
     results["elapsed_s"] = round(time.monotonic() - started)
+    stamp = {"date": results["machine"]["date"], "command": results["command"]}
+    for name in ALL:
+        if name in results:
+            results[name]["measured"] = stamp
+    previous = opts.output / "results.json"
+    if set(only) != set(ALL) and previous.exists():
+        # A partial run (--only) keeps the sections it did not run, each with its own date.
+        kept = json.loads(previous.read_text())
+        for name in ALL:
+            if name not in results and name in kept:
+                kept[name].setdefault("measured", {"date": kept["machine"]["date"],
+                                                   "command": kept["command"]})
+                results[name] = kept[name]
     opts.output.mkdir(parents=True, exist_ok=True)
     (opts.output / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (opts.output / "README.md").write_text(render(results))
@@ -111,16 +131,17 @@ def render(r: dict[str, Any]) -> str:
         "interleaved runs, minima alongside where noise matters.",
         "",
     ]
-    if "cold" in r:
-        out += cold_section(r["cold"])
-    if "warm" in r:
-        out += warm_section(r["warm"])
-    if "concurrent" in r:
-        out += concurrent_section(r["concurrent"])
-    if "rotation" in r:
-        out += rotation_section(r["rotation"])
-    if "fleet" in r:
-        out += fleet_section(r["fleet"])
+    sections = {
+        "cold": cold_section, "warm": warm_section, "integrations": integrations_section,
+        "concurrent": concurrent_section, "rotation": rotation_section, "fleet": fleet_section,
+    }
+    for name, section in sections.items():
+        if name in r:
+            lines = section(r[name])
+            measured = r[name].get("measured")
+            if measured is not None:  # each section says when and how it was measured
+                lines[1:1] = ["", f"*Measured {measured['date']} by `{measured['command']}`.*"]
+            out += lines
     out += [f"Total benchmark time: {r['elapsed_s']} s. Raw figures: `results.json`.", ""]
     return "\n".join(out)
 
@@ -225,6 +246,29 @@ def warm_section(w: dict[str, Any]) -> list[str]:
     lines += ["", "`DBCREDS_POOL_CHECK=1` (the default) costs one extra round trip per request "
               "(psycopg_pool's `check_connection`): worth it in Lambda, where a frozen "
               "container's connection may have been closed by the proxy.", ""]
+    return lines
+
+
+def integrations_section(g: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 2b. Warm path of each integration",
+        "",
+        "One request through the library's own API (a SQLAlchemy `Session`/`AsyncSession` "
+        "query, a Django cursor on a persistent connection, an asyncpg pool's `fetchval`, a "
+        "psycopg2 pool's getconn/cursor/putconn) with one warm connection through the RDS Proxy "
+        "stand-in: dbcreds' integration vs the same library with static credentials (the "
+        "password read once at start), both verify-full. Timed one by one in this process, "
+        f"{g['blocks']} interleaved blocks of {g['per_block']} requests per variant "
+        "(`benchmarks/integrations.py`).",
+        "",
+        "| integration | dbcreds median (µs) | static median (µs) | dbcreds / static |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, row in g["integrations"].items():
+        lines.append(f"| {name} | {row['dbcreds_median_us']:,.0f} | "
+                     f"{row['static_median_us']:,.0f} | {row['ratio']:.2f}x |")
+    lines += ["", "The warm path never logs in: what a ratio above 1.00x shows is what the "
+              "integration adds to a request that does not need a new connection.", ""]
     return lines
 
 

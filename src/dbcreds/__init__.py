@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__ as __version__
 from .errors import (
     AuthenticationFailed,
     ConfigurationError,
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
     from .login import CredentialSource
     from .pool import CredentialPool
     from .provider import SecretProvider
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AsyncCredentialPool",

@@ -46,6 +46,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar, runtime_checkable
 
+from . import telemetry
 from .errors import (
     AuthenticationFailed,
     AuthFailure,
@@ -194,6 +195,7 @@ class LoginPolicy:
                 if kind is None:
                     hint = classify_tls_failure(error)
                     if hint is not None:  # libpq kept the credentials: configuration, not luck
+                        telemetry.count(telemetry.LOGIN_FAILURES, {"error": "UntrustedServer"})
                         # Not chained: the driver's error holds the connection parameters
                         # (password included) in its pgconn and its traceback's frames.
                         raise_clean(UntrustedServer(
@@ -205,6 +207,7 @@ class LoginPolicy:
                 )
                 refused.append(step.secret)
                 self._refused(step.secret)
+                telemetry.count(telemetry.LOGIN_REFUSED, {"kind": kind.value, "stage": step.stage})
 
                 next_step = self._untried(refused)
                 if next_step is not None:
@@ -214,11 +217,15 @@ class LoginPolicy:
                     if not retrying:
                         retrying = True
                         self._count_retrying(+1)
-                    yield Wait(delay * (0.5 + random.random() / 2))
+                    wait = delay * (0.5 + random.random() / 2)
+                    telemetry.count(telemetry.RETRY_WAITS)
+                    telemetry.observe(telemetry.RETRY_WAIT_DURATION, wait)
+                    yield Wait(wait)
                     delay = min(self.backoff[1], delay * 2)
                     refused.clear()
                     step = self.first_choice()
                     continue
+                telemetry.count(telemetry.LOGIN_FAILURES, {"error": "AuthenticationFailed"})
                 raise_clean(AuthenticationFailed(  # not chained: see UntrustedServer above
                     self.provider.secret_id, "; ".join(dict.fromkeys(tried))
                 ))
@@ -270,6 +277,8 @@ class LoginPolicy:
             return False
 
     def _worked(self, step: Try) -> None:
+        if step.stage == AWSPENDING:
+            telemetry.count(telemetry.PENDING_USED)
         with self._mutex:
             self._preferred = step.secret if step.stage == AWSPENDING else None
 
@@ -309,7 +318,21 @@ C = TypeVar("C")
 
 def drive(plan: Plan, attempt: Callable[[DbSecret], C], sleep: Callable[[float], None]) -> C:
     """Run a plan synchronously: *attempt* logs in with a secret and returns a connection."""
-    step = advance(plan, None)
+    with telemetry.span("dbcreds.login") as span:
+        step = advance(plan, None)
+        _name_span(span, step)
+        return _drive(plan, step, attempt, sleep)
+
+
+def _name_span(span: telemetry.SpanHandle, step: Step | Done) -> None:
+    if isinstance(step, Try):
+        span.set("dbcreds.secret_id", step.secret.secret_id)
+
+
+def _drive(
+    plan: Plan, step: Step | Done, attempt: Callable[[DbSecret], C],
+    sleep: Callable[[float], None],
+) -> C:
     while True:
         if isinstance(step, Done):  # pragma: no cover - a plan ends only after a success
             raise RuntimeError("login plan ended without a successful login")
@@ -333,7 +356,15 @@ async def drive_async(plan: Plan, attempt: Callable[[DbSecret], Awaitable[C]]) -
     The plan is advanced in a worker thread (its steps may call Secrets Manager); *attempt*
     (an ``AsyncConnection.connect``) and the waits run on the loop.
     """
-    step = await asyncio.to_thread(advance, plan, None)
+    with telemetry.span("dbcreds.login") as span:
+        step = await asyncio.to_thread(advance, plan, None)
+        _name_span(span, step)
+        return await _drive_async(plan, step, attempt)
+
+
+async def _drive_async(
+    plan: Plan, step: Step | Done, attempt: Callable[[DbSecret], Awaitable[C]]
+) -> C:
     while True:
         if isinstance(step, Done):  # pragma: no cover - a plan ends only after a success
             raise RuntimeError("login plan ended without a successful login")

@@ -37,6 +37,7 @@ from typing import Any
 
 from cachetools import TLRUCache
 
+from . import telemetry
 from ._aws import client_error_code, new_client, secret_call, translate_exception
 from .errors import (
     DbcredsError,
@@ -184,11 +185,16 @@ class SecretProvider:
     def _get(self, stage: str, *, force: bool, stale: DbSecret | None) -> DbSecret | None:
         with self._lock:
             entry = self._cache.get(stage)
-            if entry is not None:
-                fresh_enough = not force or (stale is not None and entry.secret is not stale)
-                if fresh_enough:
-                    self._stats["cache_hits"] += 1
-                    return entry.secret
+            hit = entry is not None and (
+                not force or (stale is not None and entry.secret is not stale)
+            )
+            if hit:
+                self._stats["cache_hits"] += 1
+        if hit:
+            telemetry.count(telemetry.CACHE_HITS, {"stage": stage})
+            assert entry is not None
+            return entry.secret
+        with self._lock:
             flight = self._flights.get(stage)
             leader = flight is None
             if flight is None:
@@ -213,6 +219,8 @@ class SecretProvider:
     def _load(self, stage: str, fresh: bool = False) -> _Entry:
         """Fetch one label (only ever called by the flight's leader)."""
         started = self._clock()
+        if fresh and stage == AWSCURRENT:
+            telemetry.count(telemetry.REFRESHES)
         try:
             secret = self._fetch(stage, fresh)
         except SecretNotFound:
@@ -243,6 +251,7 @@ class SecretProvider:
             first, cap = self.error_backoff
             backoff = min(cap, first * 2 ** (self._error_streak - 1))
             self._stats["stale_served"] += 1
+        telemetry.count(telemetry.STALE_SERVED, {"stage": stage})
         logger.warning(
             "Secrets Manager failed for secret %r (%s); serving the cached %s value "
             "(%.0f s old) and retrying in %.1f s",
@@ -256,6 +265,20 @@ class SecretProvider:
     # -- Secrets Manager ----------------------------------------------------------------
 
     def _fetch(self, stage: str, fresh: bool = False) -> DbSecret:
+        with telemetry.span("dbcreds.secret.fetch",
+                            {"dbcreds.secret_id": self.secret_id, "dbcreds.stage": stage}):
+            t0 = time.perf_counter()
+            outcome = "error"
+            try:
+                secret = self._fetch_once(stage, fresh)
+                outcome = "ok"
+                return secret
+            finally:
+                elapsed = time.perf_counter() - t0
+                telemetry.count(telemetry.FETCHES, {"stage": stage, "outcome": outcome})
+                telemetry.observe(telemetry.FETCH_DURATION, elapsed, {"stage": stage})
+
+    def _fetch_once(self, stage: str, fresh: bool) -> DbSecret:
         t0 = time.perf_counter()
         with self._lock:
             self._stats["fetches"] += 1

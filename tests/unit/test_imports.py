@@ -37,10 +37,12 @@ RANKS = {
     "dbcreds.errors": 0,
     "dbcreds.secret": 0,
     "dbcreds._registry": 0,
+    "dbcreds._version": 0,
     "dbcreds._aws": 1,
     "dbcreds._env": 1,
     "dbcreds.tls": 1,
     "dbcreds.snapstart": 1,
+    "dbcreds.telemetry": 1,  # metrics and traces (sinks: OpenTelemetry, CloudWatch EMF)
     "dbcreds.provider": 2,
     "dbcreds.extension": 2,
     "dbcreds.iam": 2,
@@ -54,7 +56,8 @@ RANKS = {
 }
 ROTATION = "dbcreds.rotation"
 ROTATION_MAY_IMPORT = frozenset(
-    {"dbcreds.errors", "dbcreds.secret", "dbcreds._aws", "dbcreds._env", "dbcreds.tls"}
+    {"dbcreds.errors", "dbcreds.secret", "dbcreds._aws", "dbcreds._env", "dbcreds.tls",
+     "dbcreds._version"}
 )
 #: the SDK modules that may import rotation code: `dbcreds rotate --local` runs the steps
 ROTATION_USERS = frozenset({"dbcreds.cli"})
