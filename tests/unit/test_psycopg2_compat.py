@@ -16,7 +16,8 @@ import psycopg2.pool
 import pytest
 
 import dbcreds.psycopg2 as dp
-from dbcreds import AuthenticationFailed, DbSecret
+from dbcreds import AuthenticationFailed, ConfigurationError, DbSecret, _registry
+from dbcreds.tls import TlsClient
 
 
 class FakeConn:
@@ -194,3 +195,36 @@ def test_the_pools_arguments_are_psycopg2_connects() -> None:
     assert dp._connect_args("host=h", factory, None, port=1) == ("host=h", factory, None,
                                                                 {"port": 1})
     assert dp._connect_args(dsn="x") == ("x", None, None, {})
+
+
+def test_an_old_libpq_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dp, "PSYCOPG2", TlsClient("psycopg2", lambda: 150004))
+    with pytest.raises(ConfigurationError, match=r"libpq 16 or later.*psycopg2-binary"):
+        dp.ThreadedConnectionPool(0, 1, provider=FakeSource(), sslrootcert="/ca.pem")
+
+
+def test_without_a_secret_the_environment_configures_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DBCREDS_SECRET_ID", "DBCREDS_IAM_USER"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigurationError, match="DBCREDS_SECRET_ID is not set"):
+        dp.connect()
+    with pytest.raises(ConfigurationError, match="not both"):
+        dp.connect(secret_id="a", provider=FakeSource())
+
+
+def test_snapstart_closes_the_default_pool_and_forgets_the_sources(fake_pool: Any) -> None:
+    class Counting(FakeSource):
+        invalidated = 0
+
+        def invalidate(self) -> None:
+            self.invalidated += 1
+
+    source = Counting()
+    (default,) = [d for d in _registry.registered_defaults() if d.name == "psycopg2"]
+    assert default.reopen is None  # rebuilt on its next use
+    dp._sources[("secret", "prod/app")] = source
+    dp._default = fake_pool
+    assert default.close() is True
+    assert fake_pool.closed and source.invalidated == 1
+    assert dp._default is None and dp._sources == {}
+    assert default.close() is False  # nothing left
