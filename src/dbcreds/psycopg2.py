@@ -335,15 +335,14 @@ class _CredentialPoolMixin:
     def _mutex(self) -> AbstractContextManager[Any]:
         return nullcontext()
 
-    def _new_connection(self) -> Connection:
-        conn = self.login.connect()
+    def _stamp(self, conn: Connection) -> None:
+        """Note when *conn* expires (under the lock: the expiry map is shared)."""
         if self.max_lifetime is not None:
             # jittered as psycopg_pool does (-5%), so connections made together do not all
             # log in again at the same moment
             self._expiry[conn] = time.monotonic() + self.max_lifetime * (
                 1 - 0.05 * random.random()
             )
-        return conn
 
     def _expired(self, conn: Connection) -> bool:
         expiry = self._expiry.get(conn)
@@ -352,8 +351,9 @@ class _CredentialPoolMixin:
         return time.monotonic() > expiry + (self.credentials.expired_grace() or 0.0)
 
     def _connect(self, key: Hashable | None = None) -> Any:
-        if key is None:  # the constructor's minconn connections
-            conn = self._new_connection()
+        if key is None:  # the constructor's minconn connections (no other thread yet)
+            conn = self.login.connect()
+            self._stamp(conn)
             self._pool.append(conn)
             return conn
         # From _getconn, under the lock: reserve the slot; getconn logs in outside the lock.
@@ -402,7 +402,7 @@ class _CredentialPoolMixin:
 
     def _log_in(self, reservation: _Reservation) -> Connection:
         try:
-            conn = self._new_connection()
+            conn = self.login.connect()
         except BaseException as exc:
             with self._mutex():
                 self._forget(reservation)
@@ -417,6 +417,7 @@ class _CredentialPoolMixin:
             self._forget(reservation)
             self._used[reservation.key] = conn
             self._rused[id(conn)] = reservation.key
+            self._stamp(conn)
         reservation.settle(conn, None)
         return conn
 
