@@ -51,6 +51,7 @@ RANKS = {
     "dbcreds._pool_compat": 4,  # psycopg_pool's private names, for the integrations below
     "dbcreds.pool": 4,
     "dbcreds.aio": 4,
+    "dbcreds.psycopg2": 4,  # psycopg2 connect() and pools (the psycopg2 extra)
     "dbcreds": 5,
     "dbcreds.cli": 5,
 }
