@@ -434,6 +434,11 @@ def _conninfo_to_dict(conninfo: str) -> dict[str, Any]:
     return conninfo_to_dict(conninfo)
 
 
+#: psycopg 3's connect parameters that dbcreds defaults: no prepared statements (PgBouncer in
+#: transaction mode and RDS Proxy break, or pin on, them)
+PSYCOPG_DEFAULTS: Mapping[str, Any] = {"prepare_threshold": None}
+
+
 class PoolLogin:
     """The login side of a credential pool, shared by the sync and the asyncio pools.
 
@@ -445,6 +450,9 @@ class PoolLogin:
 
     :param tls_client: the driver that logs in (``tls.PSYCOPG`` by default; psycopg2's own
         libpq, or ``tls.ASYNCPG``, which has none): what the TLS policy can demand of it.
+    :param driver_defaults: connect parameters the driver gets unless the pool's kwargs set
+        them: `PSYCOPG_DEFAULTS` (``prepare_threshold=None``) by default; ``{}`` for a driver
+        that does not know them (psycopg2).
     :param conninfo, kwargs: the pool's, when they are fixed (a string, a dict): the TLS
         settings they name and the source's check apply now, at construction. None when the
         pool's are callables (psycopg_pool calls them at each connection attempt): then both
@@ -464,9 +472,13 @@ class PoolLogin:
         conninfo: str | None = "",
         sslrootcert: str | None = None,
         tls_client: TlsClient = PSYCOPG,
+        driver_defaults: Mapping[str, Any] | None = None,
     ) -> None:
         self.source = source
         self.tls_client = tls_client
+        self.driver_defaults = dict(
+            PSYCOPG_DEFAULTS if driver_defaults is None else driver_defaults
+        )
         self.policy = LoginPolicy(source, budget=auth_retry_budget)
         self.overrides = {
             k: v for k, v in (("host", host), ("port", port), ("dbname", dbname)) if v is not None
@@ -488,11 +500,9 @@ class PoolLogin:
             })
         self.announce(self.tls)
 
-    @staticmethod
-    def connect_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        """The pool's kwargs with dbcreds' default: ``prepare_threshold=None`` (PgBouncer in
-        transaction mode and RDS Proxy break, or pin on, prepared statements)."""
-        return {"prepare_threshold": None, **kwargs}
+    def connect_kwargs(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The pool's kwargs over the driver's defaults (``driver_defaults``)."""
+        return {**self.driver_defaults, **kwargs}
 
     def _key(
         self, conninfo: str, kwargs: Mapping[str, Any]

@@ -80,8 +80,6 @@ PSYCOPG2 = TlsClient("psycopg2", psycopg2.extensions.libpq_version)
 
 #: parameters that name where to connect: given to the call, they win over the secret's
 _WHERE = ("host", "port", "dbname")
-#: psycopg 3 options that dbcreds' shared login adds and libpq (psycopg2) does not know
-_PSYCOPG3_ONLY = ("prepare_threshold",)
 
 
 # -- credential sources, shared by every call of this process ---------------------------------
@@ -175,6 +173,7 @@ class Psycopg2Login:
             auth_retry_budget=5.0 if auth_retry_budget is None else auth_retry_budget,
             conninfo=self.dsn,
             tls_client=PSYCOPG2,
+            driver_defaults={},  # libpq knows no prepare_threshold (psycopg 3's option)
         )
 
     def connect(self) -> Connection:
@@ -184,8 +183,6 @@ class Psycopg2Login:
 
         def attempt(secret: DbSecret) -> Connection:
             dsn, params = self.credentials.params(self.dsn, self.kwargs, secret)
-            for name in _PSYCOPG3_ONLY:
-                params.pop(name, None)
             return psycopg2.connect(
                 dsn or None,
                 connection_factory=self.connection_factory,

@@ -218,7 +218,7 @@ def test_a_driver_without_libpq_gets_a_verified_server_or_nothing(
     """asyncpg can neither demand channel binding nor refuse a cleartext-password request:
     without a verified server (here also the rotation-like default with no trust) it gets no
     password."""
-    with pytest.raises(ConfigurationError, match="asyncpg cannot|asyncpg can neither"):
+    with pytest.raises(ConfigurationError, match="asyncpg can neither"):
         login_tls(sslmode=sslmode, sslrootcert=root, default_trust=None, client=tls.ASYNCPG)
 
 
