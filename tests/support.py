@@ -62,3 +62,34 @@ class FakeSM:
 
 class Refused(Exception):
     pass
+
+
+# -- telemetry: what the sinks received ------------------------------------------------------
+
+
+def otel_sums(reader: Any) -> dict[str, dict[tuple[tuple[str, Any], ...], Any]]:
+    """name -> {sorted attributes: sum (counters) or count (histograms)}."""
+    data = reader.get_metrics_data()
+    out: dict[str, dict[tuple[tuple[str, Any], ...], Any]] = {}
+    for rm in data.resource_metrics if data else []:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                for point in metric.data.data_points:
+                    key = tuple(sorted(point.attributes.items()))
+                    value = getattr(point, "value", None)
+                    out.setdefault(metric.name, {})[key] = (
+                        value if value is not None else point.count)
+    return out
+
+
+def emf_counts(text: str) -> dict[str, float]:
+    """metric name -> total over every EMF line (counters), or number of values (histograms)."""
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        doc = json.loads(line)
+        for directive in doc["_aws"]["CloudWatchMetrics"]:
+            for metric in directive["Metrics"]:
+                value = doc[metric["Name"]]
+                totals[metric["Name"]] = totals.get(metric["Name"], 0) + (
+                    len(value) if isinstance(value, list) else value)
+    return totals

@@ -19,12 +19,14 @@ from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Any
 
+from ._version import __version__
 from .errors import DbcredsError, SecretAccessDenied, SecretNotFound, SecretsManagerUnavailable
 from .secret import AWSCURRENT
 
 __all__ = [
     "ERROR_CODES",
     "EXTENSION_TOKEN_HEADER",
+    "USER_AGENT",
     "WITHHELD",
     "ErrorKind",
     "client_error_code",
@@ -84,12 +86,17 @@ def secret_call() -> Iterator[None]:
         _install_filter()
 
 
+#: what every AWS call dbcreds makes adds to botocore's user agent
+USER_AGENT = f"dbcreds/{__version__}"
+
+
 def new_client(service: str = "secretsmanager", **config: Any) -> Any:
     """A boto3 client with Lambda-friendly timeouts and botocore's standard retry mode.
 
     Region and endpoint come from botocore's own settings (``AWS_DEFAULT_REGION``, set by Lambda,
     ``AWS_ENDPOINT_URL_SECRETS_MANAGER``, ...). Throttling and 5xx answers are retried by
-    botocore ("standard" mode: exponential backoff with jitter).
+    botocore ("standard" mode: exponential backoff with jitter). Its user agent ends with
+    `USER_AGENT` (``dbcreds/<version>``), after any ``user_agent_extra`` given.
     """
     # Deferred (cold start is a product feature), and botocore's own session: boto3's
     # Session adds its resource layer and s3transfer, CPU a client does not use (about 8 ms
@@ -105,6 +112,10 @@ def new_client(service: str = "secretsmanager", **config: Any) -> Any:
         "read_timeout": 5,
     }
     settings.update(config)
+    # Every call dbcreds makes says so in its user agent (CloudTrail's userAgent, support).
+    settings["user_agent_extra"] = " ".join(
+        filter(None, (config.get("user_agent_extra"), USER_AGENT))
+    )
     make: Any = botocore.session.get_session().create_client  # Any: service name is runtime
     with secret_call():
         return make(service, config=Config(**settings))
