@@ -343,7 +343,11 @@ def _drive(
         try:
             conn = attempt(step.secret)
         except Exception as exc:
-            step = advance(plan, exc)
+            failed: Exception | None = exc
+        else:
+            failed = None
+        if failed is not None:  # outside the handler: the plan's verdict gets no __context__
+            step = advance(plan, failed)
             continue
         if isinstance(advance(plan, None), Done):
             return conn
@@ -375,7 +379,14 @@ async def _drive_async(
         try:
             conn = await attempt(step.secret)
         except Exception as exc:
-            step = await asyncio.to_thread(advance, plan, exc)
+            failed: Exception | None = exc
+        else:
+            failed = None
+        if failed is not None:
+            # Outside the handler: the plan's verdict (AuthenticationFailed), re-raised here
+            # from the worker thread, must not get the driver's error (whose frames hold the
+            # attempt's password) as its __context__.
+            step = await asyncio.to_thread(advance, plan, failed)
             continue
         try:
             end = await asyncio.to_thread(advance, plan, None)

@@ -20,7 +20,7 @@ import pytest
 import dbcreds
 from dbcreds import AuthenticationFailed, SecretProvider
 from dbcreds.aio import AsyncCredentialPool, AsyncSecretProvider, drive_async
-from dbcreds.login import LoginPolicy
+from dbcreds.login import LoginPolicy, drive
 from dbcreds_testing.workload import AsyncWorkload, WorkloadReport
 from rotations import ROUTES, arotate_three_times, assert_three_rotations_served, report
 from support import Clock, FakeSM, Refused
@@ -93,13 +93,28 @@ def test_drive_async_waits_on_the_loop_and_gives_up_with_authentication_failed()
     async def scenario() -> None:
         task = asyncio.create_task(ticker())
         try:
-            with pytest.raises(AuthenticationFailed):
+            with pytest.raises(AuthenticationFailed) as info:
                 await drive_async(policy.plan(), attempt)
+            # no link to the driver's error (whose frames would hold the attempt's password)
+            assert info.value.__context__ is None and info.value.__cause__ is None
         finally:
             task.cancel()
 
     run(scenario(), timeout=10)
     assert ticks >= 10
+
+
+def test_drive_gives_up_with_no_link_to_the_drivers_error() -> None:
+    sm = FakeSM()
+    sm.put("AWSCURRENT", "v1", "pw")
+    policy = LoginPolicy(SecretProvider("app", fetcher=sm, clock=Clock()), budget=0)
+
+    def attempt(secret: Any) -> str:
+        raise Refused("password authentication failed for user")
+
+    with pytest.raises(AuthenticationFailed) as info:
+        drive(policy.plan(), attempt, lambda s: None)
+    assert info.value.__context__ is None and info.value.__cause__ is None
 
 
 # -- AsyncSecretProvider --------------------------------------------------------------------
