@@ -85,6 +85,10 @@ LIBPQ_ONLY = frozenset({
 })
 #: asyncpg arguments dbcreds sets at every login (what the caller gave is read as configuration)
 SET_BY_DBCREDS = frozenset({"host", "port", "user", "password", "passfile", "database", "ssl"})
+#: run on each new connection before the login counts as done: a proxy (PgBouncer, RDS Proxy)
+#: accepts a client's login before it has a server login of its own, and a failing server
+#: login ("server login has been failing") then shows at the first query
+CHECK_QUERY = "SELECT 1"
 #: (first, cap) seconds between logins let through while a failure is told to callers
 FAILED_RETRY = (1.0, 10.0)
 
@@ -325,11 +329,17 @@ class CredentialConnect:
         async def attempt(secret: DbSecret) -> Any:
             args = self.connect_args(state.login, secret)
             try:
-                return await connect(dsn, **passed, **args)
+                conn = await connect(dsn, **passed, **args)
             except ConnectionError as exc:
                 if "rejected ssl upgrade" not in str(exc).lower():
                     raise
                 raise_clean(_NoTls(f"server does not support SSL, but SSL was required ({exc})"))
+            try:
+                await conn.execute(CHECK_QUERY)
+            except BaseException:
+                conn.terminate()
+                raise
+            return conn
 
         failure: DbcredsError | None = None
         try:

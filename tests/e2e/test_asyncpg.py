@@ -187,7 +187,7 @@ def test_host_port_database_given_win_over_the_secret(
 
 #: queries after which asyncpg closes a connection (it has no max lifetime): with 8 tasks each
 #: connection lives a fraction of a second to a couple of seconds, so logins go on all along
-MAX_QUERIES = 300
+MAX_QUERIES = 25
 
 
 @pytest.mark.load
