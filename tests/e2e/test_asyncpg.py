@@ -188,7 +188,7 @@ def test_host_port_database_given_win_over_the_secret(
 #: queries after which asyncpg closes a connection (it has no max lifetime; each request is
 #: two queries: the query and the pool's reset on release): with 8 tasks, a few new logins a
 #: second, as the psycopg pools' 2 s max_lifetime gives
-MAX_QUERIES = 60
+MAX_QUERIES = 100
 
 
 @pytest.mark.load
@@ -242,7 +242,7 @@ def test_three_rotations_under_load_zero_failures(
     print(f"  dbcreds logins during the rotations: {len(during)}")
     assert_three_rotations_served(stack, app, result, logins_ok)
     assert_usual_way_broke(usual_result)
-    assert len(during) >= 12  # connections really logged in while the rotations ran
+    assert len(during) >= 10  # connections really logged in while the rotations ran
 
 
 # -- fast failure -----------------------------------------------------------------------------
