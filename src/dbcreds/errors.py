@@ -194,7 +194,10 @@ def classify_auth_failure(exc: BaseException) -> AuthFailure | None:
     """Return where a connection attempt's failure was an authentication refusal, else None.
 
     Proxy-side messages are checked first: PgBouncer's "server login failed: FATAL: password
-    authentication failed ..." contains PostgreSQL's client-side text too.
+    authentication failed ..." contains PostgreSQL's client-side text too. Then a typed
+    refusal: SQLSTATE 28P01 (invalid_password) in ``exc.sqlstate``, which asyncpg's
+    ``InvalidPasswordError`` carries whatever the server's message language (psycopg's
+    errors have the attribute too, None for a failed login), then the client-side texts.
     """
     # Note: PgBouncer (1.18) forwards PostgreSQL's own "password authentication failed" when
     # *its* server login is refused, so behind PgBouncer a proxy-side refusal can look
@@ -202,6 +205,8 @@ def classify_auth_failure(exc: BaseException) -> AuthFailure | None:
     text = str(exc).lower()
     if any(m in text for m in _PROXY_SIDE):
         return AuthFailure.PROXY
+    if getattr(exc, "sqlstate", None) == "28P01":  # invalid_password
+        return AuthFailure.CLIENT
     if any(m in text for m in _CLIENT_SIDE):
         return AuthFailure.CLIENT
     return None

@@ -62,3 +62,38 @@ def test_classify_tls_failure(message: str, says: str) -> None:
 
 def test_a_refused_login_is_not_a_tls_failure() -> None:
     assert classify_tls_failure(Exception('password authentication failed for user "app"')) is None
+
+
+class _Typed(Exception):
+    """A driver error with a SQLSTATE (asyncpg's carry one; psycopg's login errors have None)."""
+
+    def __init__(self, text: str, sqlstate: str | None) -> None:
+        super().__init__(text)
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(("message", "sqlstate", "expected"), [
+    # SQLSTATE 28P01 (invalid_password): a refusal whatever the server's language
+    ('FATAL:  Passwort-Authentifizierung für Benutzer »app« fehlgeschlagen', "28P01",
+     AuthFailure.CLIENT),
+    ('password authentication failed for user "app"', "28P01", AuthFailure.CLIENT),
+    # a proxy quoting the server's refusal: proxy-side still wins
+    ('server login failed: FATAL:  password authentication failed for user "app"', "28P01",
+     AuthFailure.PROXY),
+    ("server login has been failing, try again later (server_login_retry)", "08P01",
+     AuthFailure.PROXY),
+    # other SQLSTATEs of class 28 are not a refused password; None: the texts decide
+    ('no pg_hba.conf entry for host "10.0.0.1", user "app"', "28000", None),
+    ("SASL authentication failed", "08P01", AuthFailure.CLIENT),
+    ('FATAL:  password authentication failed for user "app"', None, AuthFailure.CLIENT),
+])  # fmt: skip
+def test_a_typed_refusal_counts(message: str, sqlstate: str | None,
+                                expected: AuthFailure | None) -> None:
+    assert classify_auth_failure(_Typed(message, sqlstate)) is expected
+
+
+def test_asyncpg_invalid_password_error_is_a_client_side_refusal() -> None:
+    asyncpg_exceptions = pytest.importorskip("asyncpg.exceptions")
+    exc = asyncpg_exceptions.InvalidPasswordError("Passwort-Authentifizierung fehlgeschlagen")
+    assert exc.sqlstate == "28P01"
+    assert classify_auth_failure(exc) is AuthFailure.CLIENT

@@ -52,6 +52,7 @@ RANKS = {
     "dbcreds.pool": 4,
     "dbcreds.aio": 4,
     "dbcreds.psycopg2": 4,  # psycopg2 connect() and pools (the psycopg2 extra)
+    "dbcreds.asyncpg": 4,  # asyncpg's create_pool(connect=...): the dbcreds[asyncpg] extra
     "dbcreds": 5,
     "dbcreds.cli": 5,
 }
