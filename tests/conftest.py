@@ -27,17 +27,19 @@ except ImportError:  # a checkout without `pip install -e .` (no wheel ships dbc
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from dbcreds_testing import App, LocalStack
-from dbcreds_testing._proc import pid_alive
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[LocalStack]:
-    with LocalStack(pg_settings={"log_statement": "all"}) as s:
-        pids = s.pids()
-        yield s
-        pids += s.pids()
-    left = sorted({pid for pid in pids if pid_alive(pid)})
-    assert not left, f"processes of the stack still running after close(): {left}"
+def dbcreds_stack_options() -> dict[str, Any]:
+    """The session's stack (the pytest plugin's ``dbcreds_stack``) logs every statement."""
+    return {"pg_settings": {"log_statement": "all"}}
+
+
+@pytest.fixture(scope="session")
+def stack(dbcreds_stack: LocalStack) -> LocalStack:
+    """The plugin's stack (``dbcreds_testing.pytest_plugin``): one per session, shared with
+    the plugin's own fixtures (the example app's test), checked for leftovers at the end."""
+    return dbcreds_stack
 
 
 @pytest.fixture

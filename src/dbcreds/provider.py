@@ -81,6 +81,8 @@ class SecretProvider:
         with a ``fetch_fresh`` method (a cache) has it called for forced refreshes. Without
         ``client`` and ``fetcher``: the Lambda extension / Secrets Manager Agent when one is
         configured, else boto3 (``dbcreds.extension``).
+    :param wall: the wall clock (seconds since the epoch) that versions' creation dates are
+        compared with (`changed_recently`).
     :param keys: the secret's own key names where they differ from the RDS format's, as
         ``{field: key}`` (``{"username": "user"}``; see ``secret.check_key_map``).
     """
@@ -98,6 +100,7 @@ class SecretProvider:
         fetcher: Fetcher | None = None,
         clock: Callable[[], float] = time.monotonic,
         keys: Mapping[str, str] | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         if not secret_id:
             raise ValueError("secret_id is required")
@@ -113,6 +116,7 @@ class SecretProvider:
         self._client = client
         self._fetcher = fetcher
         self._clock = clock
+        self._wall = wall
         self._lock = threading.Lock()
         self._cache: TLRUCache[str, _Entry] = TLRUCache(
             maxsize=8, ttu=lambda _key, entry, now: now + entry.ttl, timer=clock
@@ -169,9 +173,16 @@ class SecretProvider:
         return entry.secret.version_id if entry and entry.secret else None
 
     def changed_recently(self, within: float) -> bool:
-        """True when AWSCURRENT's version changed (as seen by this provider) within ``within`` s."""
+        """True when AWSCURRENT's version changed within ``within`` s: as this provider saw
+        it, or, for a provider that has seen only one version (a container started during a
+        rotation's tail), by the version's creation date (wall clock)."""
         changed = self._changed_at
-        return changed is not None and self._clock() - changed <= within
+        if changed is not None and self._clock() - changed <= within:
+            return True
+        with self._lock:
+            entry = self._last_good.get(AWSCURRENT)
+        created = entry.secret.created_at if entry is not None and entry.secret else None
+        return created is not None and -within <= self._wall() - created <= within
 
     def get_stats(self) -> dict[str, Any]:
         """Counters (fetches, cache hits, joined flights, stale values served, ...)."""
@@ -348,5 +359,32 @@ class SecretProvider:
                 else "has no SecretString"
             )
             raise InvalidSecret(self.secret_id, None, reason)
-        return DbSecret.from_json(secret_string, secret_id=self.secret_id, version_id=version_id,
-                                  keys=self.keys)
+        secret = DbSecret.from_json(secret_string, secret_id=self.secret_id,
+                                    version_id=version_id, keys=self.keys)
+        created = _epoch(response.get("CreatedDate"))
+        return secret if created is None else secret.with_changes(created_at=created)
+
+
+def _epoch(value: Any) -> float | None:
+    """A version's ``CreatedDate`` as seconds since the epoch: a datetime (boto3), a number or
+    a numeric or ISO 8601 string (the extension's JSON); None when it is none of these."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    timestamp = getattr(value, "timestamp", None)
+    if callable(timestamp):
+        result = timestamp()
+        return float(result) if isinstance(result, (int, float)) else None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        from datetime import datetime
+
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None

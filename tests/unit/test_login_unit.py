@@ -190,3 +190,57 @@ def test_a_login_failure_carries_no_chain_to_the_drivers_error(
 
     text = "".join(traceback.format_exception(info.value))
     assert "s3cret-password" not in text
+
+
+class DatedSM(FakeSM):
+    """FakeSM whose answers carry the version's CreatedDate (as boto3 and the extension do)."""
+
+    def __init__(self, created: Any) -> None:
+        super().__init__()
+        self.created = created
+
+    def __call__(self, secret_id: str, stage: str) -> dict[str, Any]:
+        return {**super().__call__(secret_id, stage), "CreatedDate": self.created}
+
+
+@pytest.mark.parametrize("created", [
+    1_000_000.0, "1000000", "1970-01-12T13:46:40+00:00", "1970-01-12T13:46:40Z",
+    __import__("datetime").datetime.fromtimestamp(1_000_000, __import__("datetime").timezone.utc),
+])  # fmt: skip
+def test_a_cold_container_sees_a_rotation_tail_by_the_versions_creation_date(
+    created: Any,
+) -> None:
+    """A container that started after finishSecret has seen one version only: a refusal (RDS
+    Proxy not yet serving the new password) is still the tail of a rotation, by the date."""
+    sm = DatedSM(created)
+    sm.put("AWSCURRENT", "v2", "new")
+    wall = [1_000_030.0]
+    provider = SecretProvider("s", fetcher=sm, clock=Clock(), wall=lambda: wall[0])
+    assert provider.get().created_at == 1_000_000.0
+    assert provider.changed_recently(60)
+    wall[0] = 1_000_100.0
+    assert not provider.changed_recently(60)
+
+
+def test_a_proxy_lagging_behind_a_fresh_version_is_waited_out() -> None:
+    sm = DatedSM(1_000_000.0)
+    sm.put("AWSCURRENT", "v2", "new")
+    provider = SecretProvider("s", fetcher=sm, clock=Clock(), wall=lambda: 1_000_010.0)
+    policy = LoginPolicy(provider, budget=5.0, backoff=(0.05, 0.5))
+    refusals = [Refused("SASL authentication failed")] * 2  # the proxy has the old password
+
+    def attempt(secret: Any) -> str:
+        if refusals:
+            raise refusals.pop()
+        return "connection"
+
+    waits: list[float] = []
+    assert drive(policy.plan(), attempt, waits.append) == "connection"
+    assert len(waits) >= 1
+
+
+def test_without_a_creation_date_nothing_changes() -> None:
+    sm = DatedSM("not a date")
+    sm.put("AWSCURRENT", "v1", "pw")
+    provider = SecretProvider("s", fetcher=sm, clock=Clock())
+    assert provider.get().created_at is None and not provider.changed_recently(60)
