@@ -8,8 +8,8 @@ Secrets Manager (here: the local stack's endpoint, through boto3 with a kept-ali
 
 ``--mode`` is which of the two it plays:
 
-* ``extension`` (default): the Lambda extension, closed source; its documented parameters
-  are ``secretId``, ``versionId``, ``versionStage``. Anything else in the query is ignored,
+* ``extension`` (default): the Lambda extension, closed source; AWS's pages on it show
+  ``secretId`` and the version parameters only. Anything else in the query is ignored,
   ``refreshNow`` included: a request asking for a fresh value gets the cached one (what the
   extension does with the parameter is not documented; this is the case a client must not be
   fooled by).
