@@ -109,7 +109,10 @@ def test_three_rotations_under_load_through_the_stub(
     app = rotating_app
     stub = start_stub(mode)
     use_stub(monkeypatch, stub)
-    stack_client = stack.secrets.client(stack=True)  # the harness's calls: not the app's
+    # The rotation's and the harness's calls, marked as the stack's (not the app's), with the
+    # retries and timeouts of an ordinary client.
+    stack_client = stack.secrets.client(
+        stack=True, retries={"mode": "standard", "total_max_attempts": 3}, read_timeout=10)
     before = app_boto3_calls(stack)
     provider = SecretProvider(app.secret_id)
     pool = CredentialPool(provider, open=True, host=stack.pgbouncer.host,
