@@ -57,14 +57,26 @@ def db_doc(password: str = PASSWORD, **kw: Any) -> dict[str, Any]:
 class FakeExtension:
     """The extension's HTTP protocol on a free 127.0.0.1 port, serving ``answers``.
 
-    ``answers[(secret_id, stage)]`` is a GetSecretValue dict (200) or ``(status, body)``.
-    Unknown secrets get the Agent's 400 ResourceNotFoundException; a wrong or missing token
-    gets 403 "Bad Token", as the Agent answers.
+    ``answers[(secret_id, stage)]`` is a GetSecretValue dict (200) or ``(status, body)``: the
+    server's cache. Unknown secrets get the Agent's 400 ResourceNotFoundException; a wrong or
+    missing token gets 403 "Bad Token", as the Agent answers.
+
+    ``mode`` is how the query is read (aws_secretsmanager_agent/src/parse.rs):
+
+    * ``"extension"``: other parameters are ignored (what the Lambda extension does with
+      ``refreshNow`` is not documented: this is the dangerous case, a cached value served to
+      a request that asked for a fresh one);
+    * ``"agent"`` (1.1.0+): ``refreshNow`` true/1/false/0 in any case, anything else 400
+      "invalid refreshNow value"; with true the answer is ``upstream[key]`` (Secrets Manager's
+      value), also stored in ``answers``; another parameter: 400 "unknown parameter: NAME";
+    * ``"agent-1.0"``: ``refreshNow`` too is an unknown parameter.
     """
 
-    def __init__(self, token: str = TOKEN) -> None:
+    def __init__(self, token: str = TOKEN, mode: str = "extension") -> None:
         self.token = token
+        self.mode = mode
         self.answers: dict[tuple[str, str], Any] = {}
+        self.upstream: dict[tuple[str, str], Any] = {}
         self.requests: list[dict[str, Any]] = []
         fake = self
 
@@ -79,10 +91,27 @@ class FakeExtension:
                                       "token": self.headers.get(ext.TOKEN_HEADER)})
                 if self.headers.get(ext.TOKEN_HEADER) != fake.token:
                     return self.reply(403, b"Bad Token")
+                known = {"secretId", "versionId", "versionStage"}
+                if fake.mode == "agent":
+                    known.add("refreshNow")
+                refresh = False
+                if fake.mode != "extension":
+                    for name, value in parse_qsl(url.query):
+                        if name not in known:
+                            return self.reply(400, f"unknown parameter: {name}".encode())
+                        if name == "refreshNow":
+                            if value.lower() not in ("true", "1", "false", "0"):
+                                return self.reply(400, b"invalid refreshNow value")
+                            refresh = value.lower() in ("true", "1")
                 if url.path != "/secretsmanager/get" or "secretId" not in query:
                     return self.reply(400, b"missing parameter secretId")
                 key = (query["secretId"], query.get("versionStage", "AWSCURRENT"))
-                answer = fake.answers.get(key)
+                if refresh:
+                    answer = fake.upstream.get(key)
+                    if isinstance(answer, dict):  # an error is not cached
+                        fake.answers[key] = answer
+                else:
+                    answer = fake.answers.get(key)
                 if answer is None:
                     return self.reply(400, json.dumps({
                         "__type": "ResourceNotFoundException",
@@ -112,6 +141,10 @@ class FakeExtension:
 
     def hits(self) -> int:
         return sum(1 for r in self.requests if r["path"] == "/secretsmanager/get")
+
+    def refresh_values(self) -> list[str | None]:
+        """The refreshNow value of each request (None: without the parameter)."""
+        return [r["query"].get("refreshNow") for r in self.requests]
 
 
 class FakeSdk:
@@ -184,6 +217,31 @@ def test_auto_fetcher_picks_the_transport(no_layer: Path) -> None:
     assert isinstance(default, ExtensionTransport) and default.port == ext.DEFAULT_PORT
 
 
+def test_agent_setting(no_layer: Path, tmp_path: Path) -> None:
+    """DBCREDS_SECRETS_AGENT: auto (ask the server), yes (refreshNow; the Agent's token order),
+    no; anything else is an error naming the variable, never the value."""
+    sdk = FakeSdk()
+    base = {"AWS_SESSION_TOKEN": TOKEN, "DBCREDS_SECRETS_TRANSPORT": "extension"}
+    for value, expected in (("", None), ("auto", None), ("YES", True), ("no", False)):
+        transport = auto_fetcher(sdk, {**base, "DBCREDS_SECRETS_AGENT": value})
+        assert isinstance(transport, ExtensionTransport)
+        assert transport.refresh_now is expected
+    with pytest.raises(ConfigurationError, match="DBCREDS_SECRETS_AGENT") as info:
+        auto_fetcher(sdk, {**base, "DBCREDS_SECRETS_AGENT": PASSWORD})
+    assert PASSWORD not in str(info.value)
+    # The Agent reads AWS_TOKEN first (then AWS_SESSION_TOKEN, AWS_CONTAINER_AUTHORIZATION_TOKEN):
+    # with "yes" so do we; otherwise the Lambda extension's AWS_SESSION_TOKEN comes first.
+    token_file = tmp_path / "token"
+    token_file.write_text("agent-token\n")
+    both = {**base, "AWS_TOKEN": f"file://{token_file}"}
+    assert ext._token(both) == TOKEN
+    assert ext._token({**both, "DBCREDS_SECRETS_AGENT": "yes"}, agent=True) == "agent-token"
+    container = {"AWS_CONTAINER_AUTHORIZATION_TOKEN": "container-token",
+                 "DBCREDS_SECRETS_TRANSPORT": "extension"}
+    assert not extension_configured(container)
+    assert extension_configured({**container, "DBCREDS_SECRETS_AGENT": "yes"})
+
+
 def test_provider_asks_for_the_transport_only_without_client_or_fetcher(
     monkeypatch: pytest.MonkeyPatch, fake: FakeExtension, no_layer: Path
 ) -> None:
@@ -215,7 +273,8 @@ def test_token_header_path_and_stages(fake: FakeExtension) -> None:
     provider = SecretProvider(secret_id, fetcher=transport)
     secret = provider.get()
     assert (secret.username, secret.version_id) == ("app", "v1")
-    assert transport.get_stats() == {"extension": 1, "sdk": 0, "unreachable": 0}
+    assert transport.get_stats() == {"extension": 1, "refreshed": 0, "sdk": 0,
+                                      "unreachable": 0}
 
 
 def test_wrong_token_is_access_denied(fake: FakeExtension) -> None:
@@ -284,13 +343,16 @@ def test_falls_back_to_the_sdk_when_nothing_answers_and_stays_there_a_while(
     with caplog.at_level("WARNING", logger="dbcreds.extension"):
         assert transport("s", "AWSCURRENT")["VersionId"] == "from-sdk"
     assert "did not answer" in caplog.text and TOKEN not in caplog.text
-    assert transport.get_stats() == {"extension": 0, "sdk": 1, "unreachable": 1}
+    assert transport.get_stats() == {"extension": 0, "refreshed": 0, "sdk": 1,
+                                      "unreachable": 1}
     clock.now += 30
     transport("s", "AWSCURRENT")  # within retry_after: the SDK, without trying the extension
-    assert transport.get_stats() == {"extension": 0, "sdk": 2, "unreachable": 1}
+    assert transport.get_stats() == {"extension": 0, "refreshed": 0, "sdk": 2,
+                                      "unreachable": 1}
     clock.now += 31
     transport("s", "AWSCURRENT")  # tried again: still nobody there
-    assert transport.get_stats() == {"extension": 0, "sdk": 3, "unreachable": 2}
+    assert transport.get_stats() == {"extension": 0, "refreshed": 0, "sdk": 3,
+                                      "unreachable": 2}
 
 
 def test_falls_back_when_the_extension_hangs() -> None:
@@ -306,8 +368,9 @@ def test_falls_back_when_the_extension_hangs() -> None:
 
 def test_forced_refresh_and_pending_bypass_the_extension_cache(fake: FakeExtension) -> None:
     """A refused login means the value the extension caches is stale: the provider's forced
-    refresh, and AWSPENDING, are read from Secrets Manager (the SDK); the extension is used
-    again once its own cache has expired."""
+    refresh, and AWSPENDING, are read from Secrets Manager (the SDK) when the server does not
+    honour refreshNow (here it ignores the parameter, and answers the probe with its cached
+    value); the extension is used again once its own cache has expired."""
     clock = Clock()
     fake.answers[("s", "AWSCURRENT")] = gsv("s", db_doc("old"), "v1")  # the extension's copy
     sdk = FakeSdk({("s", "AWSCURRENT"): gsv("s", db_doc("new"), "v2"),
@@ -317,18 +380,145 @@ def test_forced_refresh_and_pending_bypass_the_extension_cache(fake: FakeExtensi
     provider = SecretProvider("s", fetcher=transport, ttl=10, jitter=0, clock=clock)
     old = provider.get()
     assert old.version_id == "v1" and fake.hits() == 1
+    assert transport.refresh_now is None  # not asked yet: no rotation so far
     assert provider.refresh(stale=old).version_id == "v2"
     assert sdk.calls == [("s", "AWSCURRENT")]
+    # Asked once, with a value no server that honours refreshNow accepts; its 200 means "no".
+    assert fake.refresh_values() == [None, ext.PROBE_VALUE]
+    assert transport.refresh_now is False
     assert provider.get_pending(stale=old) is not None
     assert provider.get_pending() is not None  # cached by the provider
-    assert sdk.calls[-1] == ("s", "AWSPENDING") and fake.hits() == 1
+    assert sdk.calls[-1] == ("s", "AWSPENDING") and fake.hits() == 2
     clock.now += 11  # the provider's TTL: still inside the extension's, which holds v1
     assert provider.get().version_id == "v2"
-    assert fake.hits() == 1
+    assert fake.hits() == 2
     clock.now += 300  # the extension has refetched by now
     fake.answers[("s", "AWSCURRENT")] = gsv("s", db_doc("new"), "v2")
     assert provider.get().version_id == "v2"
-    assert fake.hits() == 2
+    assert fake.hits() == 3 and fake.refresh_values()[2] is None
+
+
+# -- refreshNow (the Secrets Manager Agent) -------------------------------------------------------
+
+@pytest.fixture
+def agent() -> Iterator[FakeExtension]:
+    with FakeExtension(mode="agent") as server:
+        yield server
+
+
+def test_agent_serves_forced_refresh_and_pending_with_refresh_now(agent: FakeExtension) -> None:
+    """The Agent: the forced refresh and AWSPENDING are its answers with refreshNow=true
+    (Secrets Manager's value, which it also caches): no SDK call; its cache is fresh after."""
+    clock = Clock()
+    agent.answers[("s", "AWSCURRENT")] = gsv("s", db_doc("old"), "v1")  # the Agent's copy
+    agent.upstream[("s", "AWSCURRENT")] = gsv("s", db_doc("new"), "v2")  # Secrets Manager's
+    agent.upstream[("s", "AWSPENDING")] = gsv("s", db_doc("next"), "v3", "AWSPENDING")
+    sdk = FakeSdk()
+    transport = ExtensionTransport(sdk, port=agent.port, token=TOKEN, cache_ttl=300,
+                                   clock=clock)
+    provider = SecretProvider("s", fetcher=transport, ttl=10, jitter=0, clock=clock)
+    old = provider.get()
+    assert old.version_id == "v1"
+    assert provider.refresh(stale=old).version_id == "v2"
+    assert transport.refresh_now is True
+    pending = provider.get_pending(stale=old)
+    assert pending is not None and pending.version_id == "v3"
+    assert sdk.calls == []
+    assert agent.refresh_values() == [None, ext.PROBE_VALUE, "true", "true"]
+    assert [r["query"]["versionStage"] for r in agent.requests] == [
+        "AWSCURRENT", "AWSCURRENT", "AWSCURRENT", "AWSPENDING"]
+    assert transport.get_stats() == {"extension": 3, "refreshed": 2, "sdk": 0, "unreachable": 0}
+    clock.now += 11  # the provider's TTL: the Agent's cache, refreshed by refreshNow, serves
+    assert provider.get().version_id == "v2"
+    assert agent.refresh_values()[-1] is None and sdk.calls == []
+    # A second rotation: no second probe.
+    agent.upstream[("s", "AWSCURRENT")] = gsv("s", db_doc("next"), "v3")
+    assert provider.refresh(stale=provider.get()).version_id == "v3"
+    assert agent.refresh_values().count(ext.PROBE_VALUE) == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "token", "answer", "refresh_now"),
+    [
+        ("agent", TOKEN, None, True),  # 400 "invalid refreshNow value": it parses refreshNow
+        ("agent-1.0", TOKEN, None, False),  # 400 "unknown parameter: refreshNow"
+        ("extension", TOKEN, None, False),  # 200: the parameter was ignored
+        ("agent", "not-the-token", None, None),  # 403: says nothing, asked again next time
+        ("agent", TOKEN, (503, b"Serving not enabled."), None),
+        ("agent", TOKEN, (429, b"Connection limit exceeded"), None),
+    ],
+)
+def test_the_probe_decides_only_on_a_clear_answer(
+    mode: str, token: str, answer: tuple[int, bytes] | None, refresh_now: bool | None
+) -> None:
+    with FakeExtension(mode=mode) as server:
+        if answer is not None:  # the server answers this to everything
+            server.mode = "extension"
+            server.answers[("s", "AWSCURRENT")] = answer
+        else:
+            server.answers[("s", "AWSCURRENT")] = gsv("s", db_doc(), "v1")
+        server.upstream[("s", "AWSCURRENT")] = gsv("s", db_doc("new"), "v2")
+        sdk = FakeSdk({("s", "AWSCURRENT"): gsv("s", db_doc("new"), "v2")})
+        transport = ExtensionTransport(sdk, port=server.port, token=token)
+        assert transport.probe("s") is refresh_now
+        assert transport.fetch_fresh("s", "AWSCURRENT")["VersionId"] == "v2"
+        assert transport.refresh_now is refresh_now
+        assert len(sdk.calls) == (0 if refresh_now else 1)
+        if refresh_now is None:  # asked again at the next fresh read
+            transport.fetch_fresh("s", "AWSCURRENT")
+            assert server.refresh_values().count(ext.PROBE_VALUE) == 3
+
+
+def test_an_agent_that_refuses_refresh_now_gets_the_sdk(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """DBCREDS_SECRETS_AGENT=yes in front of an Agent before 1.1.0: the refused parameter
+    (400 unknown parameter) sends fresh reads to the SDK, for good, with a warning."""
+    with FakeExtension(mode="agent-1.0") as old_agent:
+        old_agent.answers[("s", "AWSCURRENT")] = gsv("s", db_doc(), "v1")
+        sdk = FakeSdk({("s", "AWSCURRENT"): gsv("s", db_doc("new"), "v2"),
+                       ("s", "AWSPENDING"): gsv("s", db_doc("next"), "v3", "AWSPENDING")})
+        transport = ExtensionTransport(sdk, port=old_agent.port, token=TOKEN, refresh_now=True)
+        with caplog.at_level("WARNING", logger="dbcreds.extension"):
+            assert transport.fetch_fresh("s", "AWSCURRENT")["VersionId"] == "v2"
+        assert "refused refreshNow" in caplog.text
+        assert transport.refresh_now is False
+        assert transport("s", "AWSPENDING")["VersionId"] == "v3"
+        assert old_agent.refresh_values() == ["true"]  # never asked again, never probed
+        assert sdk.calls == [("s", "AWSCURRENT"), ("s", "AWSPENDING")]
+
+
+def test_refresh_now_off_never_sends_it(agent: FakeExtension) -> None:
+    agent.answers[("s", "AWSCURRENT")] = gsv("s", db_doc(), "v1")
+    sdk = FakeSdk({("s", "AWSCURRENT"): gsv("s", db_doc("new"), "v2")})
+    transport = ExtensionTransport(sdk, port=agent.port, token=TOKEN, refresh_now=False)
+    assert transport.fetch_fresh("s", "AWSCURRENT")["VersionId"] == "v2"
+    assert agent.requests == [] and sdk.calls == [("s", "AWSCURRENT")]
+
+
+def test_refresh_now_errors_are_typed_and_never_the_cached_value(agent: FakeExtension) -> None:
+    """No AWSPENDING is the Agent's ResourceNotFoundException (no rotation: None); Secrets
+    Manager failing behind the Agent is an error, not the Agent's older copy, not the SDK."""
+    agent.answers[("s", "AWSCURRENT")] = gsv("s", db_doc(), "v1")
+    sdk = FakeSdk()
+    transport = ExtensionTransport(sdk, port=agent.port, token=TOKEN, refresh_now=True)
+    provider = SecretProvider("s", fetcher=transport, max_stale=0)
+    old = provider.get()
+    assert provider.get_pending(stale=old) is None
+    agent.upstream[("s", "AWSCURRENT")] = (502, json.dumps(
+        {"__type": "ConnectionError", "message": f"Read Error {PASSWORD}"}).encode())
+    with pytest.raises(SecretsManagerUnavailable) as info:
+        provider.refresh(stale=old)
+    assert "ConnectionError" in str(info.value) and PASSWORD not in str(info.value)
+    assert sdk.calls == [] and transport.refresh_now is True
+
+
+def test_refresh_now_when_nothing_answers_falls_back() -> None:
+    sdk = FakeSdk({("s", "AWSPENDING"): gsv("s", db_doc("next"), "v3", "AWSPENDING")})
+    transport = ExtensionTransport(sdk, port=closed_port(), token=TOKEN)
+    assert transport("s", "AWSPENDING")["VersionId"] == "v3"
+    assert transport.refresh_now is None  # nobody to ask: asked again later
+    assert transport.get_stats() == {"extension": 0, "refreshed": 0, "sdk": 1, "unreachable": 1}
 
 
 # -- end to end on the local stack -------------------------------------------------------------
