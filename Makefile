@@ -62,7 +62,7 @@ test-matrix: system-deps $(STAMP)
 	$(call matrix_run,newest,$(MATRIX_NEWEST))
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks rotation
+	$(VENV)/bin/ruff check src tests benchmarks rotation examples
 	$(VENV)/bin/mypy --strict src
 
 # checkov in a virtualenv of its own (its many pinned dependencies stay out of .venv); it
