@@ -1,17 +1,18 @@
 """Warm path: one request (a pooled connection + ``SELECT 1``) once everything is warm.
 
 dbcreds' ``get_connection()`` (its default pool, built from ``DBCREDS_*``), the same with
-``DBCREDS_POOL_CHECK=0``, and a raw ``psycopg_pool.ConnectionPool`` with static credentials
-(without, and with, the same connection check), all one connection through the RDS Proxy
-stand-in. Requests are timed one by one, in interleaved blocks, in this process.
+telemetry on (both sinks: ``dbcreds.telemetry``), the same with ``DBCREDS_POOL_CHECK=0``, and
+a raw ``psycopg_pool.ConnectionPool`` with static credentials (without, and with, the same
+connection check), all one connection through the RDS Proxy stand-in. Requests are timed one
+by one, in interleaved blocks, in this process.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from _common import median
@@ -25,6 +26,26 @@ def _time_block(source: Source, n: int, out: list[float]) -> None:
         with source() as conn:
             conn.execute("select 1").fetchone()
         out.append(time.perf_counter() - t)
+
+
+@contextmanager
+def _telemetry_on() -> Iterator[None]:
+    """Both sinks on (an OpenTelemetry SDK meter and tracer, EMF lines to /dev/null): what an
+    operator who turned telemetry on pays per request."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from dbcreds import telemetry
+
+    with open(os.devnull, "w") as sink:
+        telemetry.use_opentelemetry(MeterProvider(metric_readers=[InMemoryMetricReader()]),
+                                    TracerProvider())
+        telemetry.use_emf(stream=sink)
+        try:
+            yield
+        finally:
+            telemetry.disable()
 
 
 def warm_path(stack: Any, *, blocks: int = 20, per_block: int = 250) -> dict[str, Any]:
@@ -45,20 +66,30 @@ def warm_path(stack: Any, *, blocks: int = 20, per_block: int = 250) -> dict[str
     raw = ConnectionPool(kwargs=static, min_size=1, max_size=1, open=True)
     raw_check = ConnectionPool(kwargs=static, min_size=1, max_size=1, open=True,
                                check=ConnectionPool.check_connection)
+    telemetry_on = "dbcreds get_connection(), telemetry on (OpenTelemetry SDK + EMF)"
     variants: dict[str, Source] = {
         "dbcreds get_connection() (DBCREDS_POOL_CHECK=1, default)": dbcreds.get_connection,
+        telemetry_on: dbcreds.get_connection,
         "dbcreds, DBCREDS_POOL_CHECK=0": no_check.connection,
         "psycopg_pool, static credentials": raw.connection,
         "psycopg_pool, static credentials + check_connection": raw_check.connection,
     }
     samples: dict[str, list[float]] = {name: [] for name in variants}
+
+    def run(name: str, n: int, out: list[float]) -> None:
+        if name != telemetry_on:
+            _time_block(variants[name], n, out)
+            return
+        with _telemetry_on():
+            _time_block(variants[name], n, out)
+
     try:
-        for source in variants.values():  # warm-up: connections made, caches filled
-            _time_block(source, 100, [])
+        for name in variants:  # warm-up: connections made, caches filled
+            run(name, 100, [])
         for block in range(blocks):
             order = list(variants) if block % 2 == 0 else list(reversed(variants))
             for name in order:
-                _time_block(variants[name], per_block, samples[name])
+                run(name, per_block, samples[name])
     finally:
         dbcreds.close_default_pool()
         no_check.close()
