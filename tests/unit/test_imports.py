@@ -49,6 +49,7 @@ RANKS = {
     "dbcreds._pool_compat": 4,  # psycopg_pool's private names, for the integrations below
     "dbcreds.pool": 4,
     "dbcreds.aio": 4,
+    "dbcreds.django": 4, "dbcreds.django.base": 4,  # ENGINE "dbcreds.django" (Django's backend)
     "dbcreds": 5,
     "dbcreds.cli": 5,
 }

@@ -1,0 +1,165 @@
+"""ENGINE "dbcreds.django" on the real stack: Django's ORM through three rotations (both proxy
+behaviours, CONN_MAX_AGE and Django's pool), fast failure, migrate and the test runner.
+
+Django is configured once per process, so each scenario runs the small project
+``tests/e2e/django_app`` in a subprocess (settings from DJAPP_* variables): this process
+drives the rotations while the subprocess's workloads run (``manage.py workload`` talks on
+stdin/stdout), or times one query (``manage.py probe``). Each test's role gets a schema of its
+own (PostgreSQL's default search_path starts with ``"$user"``), so migrations never meet
+another test's tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from psycopg import sql
+
+from dbcreds_testing.workload import Mark, Request, WorkloadReport
+from rotations import (
+    PROXIES,
+    assert_three_rotations_served,
+    assert_usual_way_broke,
+    report,
+    rotate_three_times,
+)
+
+APP_DIR = Path(__file__).parent / "django_app"
+MODES = ["max_age", "pool"]
+
+
+def own_schema(stack: Any, username: str) -> None:
+    with stack.admin() as conn:
+        name = sql.Identifier(username)
+        conn.execute(sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(name, name))
+
+
+def django_env(stack: Any, app: Any, server: Any, mode: str, **extra: str) -> dict[str, str]:
+    """The subprocess's environment: the test's (``aws_env``: the stack's Secrets Manager, its
+    CA as DBCREDS_SSLROOTCERT) and the project's settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJAPP_", "DBCREDS_"))}
+    env.update(
+        DBCREDS_SSLROOTCERT=stack.ca_file,
+        DJANGO_SETTINGS_MODULE="dbapp.settings",
+        DJAPP_MODE=mode,
+        DJAPP_SECRET_ID=app.secret_id,
+        DJAPP_HOST=server.host,
+        DJAPP_PORT=str(server.port),
+        DJAPP_NAME=stack.dbname,
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def manage(
+    env: dict[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=APP_DIR, env=env, capture_output=True,
+        text=True, timeout=timeout, check=False,
+    )
+
+
+def probe(env: dict[str, str], times: int = 1) -> dict[str, Any]:
+    out = manage(env, "probe", "--times", str(times))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+@pytest.fixture
+def django_app(stack: Any, rotating_app: Any, aws_env: dict[str, str]) -> Any:
+    own_schema(stack, rotating_app.username)
+    return rotating_app
+
+
+def migrate(env: dict[str, str], database: str = "default") -> None:
+    out = manage(env, "migrate", "--database", database, "--no-input")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Applying dbapp.0001_initial... OK" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("route", list(PROXIES))
+def test_migrate_and_query(stack: Any, django_app: Any, route: str) -> None:
+    env = django_env(stack, django_app, getattr(stack, PROXIES[route]), "max_age")
+    migrate(env)
+    result = probe(env)
+    assert result["results"][0]["error"] is None, result
+    with stack.admin() as conn:
+        found = conn.execute(
+            "select table_schema from information_schema.tables where table_name = 'dbapp_item'"
+            " and table_schema = %s", [django_app.username],
+        ).fetchall()
+    assert found == [(django_app.username,)]
+
+
+class DjangoWorkloads:
+    """``manage.py workload`` running: the dbcreds alias and the usual way, 8 threads each.
+    Marks go to both timelines (``rotate_three_times`` calls ``mark``)."""
+
+    def __init__(self, env: dict[str, str], stderr: Path) -> None:
+        self._stderr = stderr.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "workload"], cwd=APP_DIR, env=env, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        ready = self.stdout.readline()  # the workloads served requests (or the command died)
+        assert ready.strip() == "READY", (ready, stderr.read_text()[-3000:])
+
+    def mark(self, label: str) -> None:
+        self.stdin.write(f"mark {label}\n")
+        self.stdin.flush()
+
+    def stop(self) -> dict[str, WorkloadReport]:
+        self.stdin.write("stop\n")
+        self.stdin.flush()
+        line = self.stdout.readline()
+        self.proc.wait(timeout=120)
+        assert line.startswith("REPORT "), line
+        return {alias: as_report(doc) for alias, doc in json.loads(line[7:]).items()}
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self._stderr.close()
+
+
+def as_report(doc: dict[str, Any]) -> WorkloadReport:
+    return WorkloadReport(
+        [Request(**r) for r in doc["requests"]], [Mark(**m) for m in doc["marks"]],
+        doc["duration"],
+    )
+
+
+@pytest.mark.load
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("route", list(PROXIES))
+def test_three_rotations_under_load_zero_failures(
+    stack: Any, django_app: Any, sm_client: Any, tmp_path: Path, route: str, mode: str
+) -> None:
+    """8 threads of ORM queries through ENGINE dbcreds.django, connections renewed every 2 s
+    (CONN_MAX_AGE=2 with close_old_connections() around each request, or Django's pool with
+    max_lifetime 2 s), and beside them Django's own backend with the password read once."""
+    env = django_env(stack, django_app, getattr(stack, PROXIES[route]), mode,
+                     DJAPP_USUAL="1", DJAPP_MAX_AGE="2")
+    migrate(env)
+    workloads = DjangoWorkloads(env, tmp_path / "workload.stderr")
+    try:
+        logins_ok = rotate_three_times(stack, django_app, sm_client, [workloads])
+        results = workloads.stop()
+    finally:
+        workloads.close()
+    report(f"django {mode} {route} dbcreds", results["default"])
+    report(f"django {mode} {route} usual way", results["usual"])
+    assert_three_rotations_served(stack, django_app, results["default"], logins_ok)
+    assert_usual_way_broke(results["usual"])
