@@ -163,3 +163,83 @@ def test_three_rotations_under_load_zero_failures(
     report(f"django {mode} {route} usual way", results["usual"])
     assert_three_rotations_served(stack, django_app, results["default"], logins_ok)
     assert_usual_way_broke(results["usual"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("route", ["direct", "pgbouncer-auth_query"])
+def test_wrong_secret_fails_fast_with_authentication_failed(
+    stack: Any, django_app: Any, route: str, mode: str
+) -> None:
+    """A secret whose password is wrong: the ORM query gets dbcreds.AuthenticationFailed
+    (not wrapped by Django, nothing chained) within 2 s, though Django's pool waits 30 s."""
+    server = stack.postgres if route == "direct" else stack.pgbouncer
+    env = django_env(stack, django_app, server, mode, DJAPP_POOL_TIMEOUT="30")
+    migrate(env)
+    wrong = "Wr0ng-" + django_app.password[:10]
+    stack.put_current(django_app.secret_id, stack.secret_doc(django_app.username, wrong))
+    result = probe(env, times=3)
+    first, *later = result["results"]
+    print(f"\n[django {mode} {route}] AuthenticationFailed after {first['seconds'] * 1000:.0f} ms")
+    assert first["error"] == "AuthenticationFailed", result
+    assert first["error_module"] == "dbcreds.errors"  # Django did not wrap it
+    assert len(first["texts"]) == 1  # no chain: the driver's error holds the parameters
+    assert first["seconds"] < 2.0, first
+    assert all(r["error"] == "AuthenticationFailed" and r["seconds"] < 2.0 for r in later)
+    if mode == "pool":
+        assert result["pool_class"] == "CredentialPool"
+        assert result["pool_stats"]["auth_failed"] == 1
+    text = json.dumps(result)
+    assert wrong not in text and django_app.password not in text
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_what_dbcreds_returns_shows_no_password(stack: Any, django_app: Any, mode: str) -> None:
+    env = django_env(stack, django_app, stack.pgbouncer, mode)
+    migrate(env)
+    result = probe(env)
+    assert result["results"][0]["error"] is None, result
+    reprs = result["reprs"]
+    assert "DatabaseWrapper" in reprs[0], reprs
+    assert f"user={django_app.username}" in reprs[1], reprs  # the connection
+    assert ("CredentialPool" in reprs[2]) == (mode == "pool"), reprs
+    assert django_app.password not in json.dumps(result)
+
+
+@pytest.mark.parametrize("route", ["direct", *PROXIES])
+def test_the_test_runner_creates_and_drops_its_database(
+    stack: Any, django_app: Any, route: str
+) -> None:
+    """``manage.py test``: Django's test runner creates test_<NAME> (the role needs
+    CREATEDB), migrates it and runs dbapp/tests.py in it. Directly it drops it at the end.
+
+    Through a proxy the runner gets ``--keepdb``: the proxy serves the new database (it is
+    created, migrated and tested through it), but it keeps its own server connection to it
+    after the runner closes its connection, so Django's ``DROP DATABASE`` fails ("being
+    accessed by other users"); RDS Proxy holds its database connections the same way. The
+    test drops it afterwards as the admin (WITH (FORCE))."""
+    name = sql.Identifier(django_app.username)
+    with stack.admin() as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} CREATEDB").format(name))
+    server = stack.postgres if route == "direct" else getattr(stack, PROXIES[route])
+    test_db = f"test_{django_app.username}"
+    env = django_env(stack, django_app, server, "max_age", DJAPP_TEST_NAME=test_db)
+    keep = [] if route == "direct" else ["--keepdb"]
+    with stack.admin() as conn:
+        assert not conn.execute("select 1 from pg_database where datname = %s",
+                                [test_db]).fetchall()
+    try:
+        out = manage(env, "test", "dbapp", "--no-input", "-v", "2", *keep)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "Ran 1 test" in out.stderr and "\nOK" in out.stderr, out.stderr[-3000:]
+        # With --keepdb Django says "Using existing" whether or not it had to create it; it
+        # did not exist before (a fresh role's name), and it does now.
+        said = "Creating" if route == "direct" else "Using existing"
+        assert f"{said} test database for alias 'default' ('{test_db}')" in out.stderr
+        with stack.admin() as conn:
+            left = conn.execute("select 1 from pg_database where datname = %s",
+                                [test_db]).fetchall()
+        assert left == ([] if route == "direct" else [(1,)])
+    finally:
+        with stack.admin() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(test_db)))
