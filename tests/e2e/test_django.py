@@ -243,3 +243,49 @@ def test_the_test_runner_creates_and_drops_its_database(
         with stack.admin() as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(test_db)))
+
+
+def contract(env: dict[str, str]) -> dict[str, Any]:
+    out = manage(env, "contract")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize("max_age", ["0", "60"])
+def test_conn_max_age_and_isolation_level_keep_their_meaning(
+    stack: Any, django_app: Any, max_age: str
+) -> None:
+    """CONN_MAX_AGE: 0 makes a connection per request, 60 keeps one across requests;
+    OPTIONS["isolation_level"] still applies (4: SERIALIZABLE)."""
+    env = django_env(stack, django_app, stack.pgbouncer, "max_age", DJAPP_MAX_AGE=max_age,
+                     DJAPP_ISOLATION="4")
+    migrate(env)
+    result = contract(env)
+    assert result["isolation"] == "serializable"
+    assert result["count"] == 3
+    expected = 3 if max_age == "0" else 1
+    assert result["distinct_connections"] == expected, result
+    assert result["connection_created"] == expected, result
+    assert result["pool"] is None
+
+
+@pytest.mark.parametrize("health_checks", ["0", "1"])
+def test_djangos_pool_options_keep_their_meaning(
+    stack: Any, django_app: Any, health_checks: str
+) -> None:
+    """OPTIONS["pool"] (min_size 2, max_size 8, max_lifetime, timeout) configures the
+    CredentialPool; CONN_HEALTH_CHECKS gives it psycopg_pool's check; Django's configure
+    runs; connections go back to the pool after each request."""
+    env = django_env(stack, django_app, stack.rds_proxy, "pool", DJAPP_MAX_AGE="30",
+                     DJAPP_POOL_TIMEOUT="12", DJAPP_HEALTH_CHECKS=health_checks,
+                     DJAPP_ISOLATION="4")
+    migrate(env)
+    result = contract(env)
+    pool = result["pool"]
+    assert pool["class"] == "CredentialPool"
+    assert (pool["min_size"], pool["max_size"], pool["max_lifetime"], pool["timeout"]) == (
+        2, 8, 30.0, 12.0)
+    assert pool["check"] is (health_checks == "1") and pool["configure"] is True
+    assert pool["stats"]["requests_num"] >= 3 and pool["stats"]["auth_failed"] == 0
+    assert result["isolation"] == "serializable" and result["count"] == 3
