@@ -191,3 +191,16 @@ def test_the_driver_is_psycopg_for_everything_but_connect() -> None:
     assert conn.Database.OperationalError is psycopg.OperationalError
     assert type(conn).Database is psycopg  # the class attribute is untouched
     assert "psycopg" in repr(conn.Database)
+
+
+def test_snapstart_resets_the_backends_credentials() -> None:
+    """Registered as the "django" default: before a snapshot every cached source forgets
+    its secret and the next connection builds (and fetches) afresh."""
+    from dbcreds import _registry
+
+    default = {d.name: d for d in _registry.registered_defaults()}["django"]
+    first = dbcreds_wrapper(**ENDPOINT)._credentials().source
+    assert dbcreds_wrapper(**ENDPOINT)._credentials().source is first  # one per secret
+    assert default.close() is True
+    assert dbcreds_wrapper(**ENDPOINT)._credentials().source is not first
+    assert default.reopen is None  # rebuilt on next use

@@ -372,7 +372,11 @@ def _close_all() -> bool:
         pool = pools.pop(alias, None)
         if pool is not None:
             pool.close()
-    for conn in connections.all(initialized_only=True):
+    try:
+        opened = connections.all(initialized_only=True)
+    except ImproperlyConfigured:  # Django not configured: no connection of ours either
+        opened = []
+    for conn in opened:
         if isinstance(conn, DatabaseWrapper):
             conn.close()
     return bool(sources or aliases)
