@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from django.core.exceptions import ImproperlyConfigured
@@ -55,7 +55,18 @@ from django.db.backends.postgresql import base as postgresql
 from .. import _registry
 from ..config import Settings
 from ..errors import DbcredsError
-from ..login import LOGIN_FAILURES, CredentialSource, PoolLogin, again, drive, source_for
+from ..login import (
+    LOGIN_FAILURES,
+    CredentialSource,
+    Done,
+    Plan,
+    PoolLogin,
+    Wait,
+    advance,
+    again,
+    drive,
+    source_for,
+)
 from ..pool import CredentialPool
 from ..secret import DbSecret
 
@@ -64,10 +75,14 @@ __all__ = ["OWN_OPTIONS", "CheckedConnection", "DatabaseWrapper"]
 #: the OPTIONS dbcreds reads; taken out before the rest goes to psycopg (as Django does with
 #: ``pool``, ``isolation_level``, ``assume_role``)
 OWN_OPTIONS = ("secret_id", "secret_ttl", "credential_source", "auth_retry_budget")
+C = TypeVar("C")
+
 #: the connect parameters that are configuration and win over the secret's
 _ENDPOINT = ("host", "port", "dbname")
 #: seconds a failed login (no pool) is told to new callers before the next one tries again
 _FAILURE_HOLD = 1.0
+#: seconds an aged connection serves on before its replacement's login is tried again
+_RENEW_RETRY = 0.5
 
 
 @dataclass(frozen=True)
@@ -166,23 +181,83 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
     # -- connections without a pool: each login through the policy -----------------------
 
     def _connect(self, params: Mapping[str, Any]) -> Any:
-        """``Database.connect(**params)`` for Django: one login through the policy."""
+        """``Database.connect(**params)`` for Django: one login through the policy (or the
+        connection `close_if_unusable_or_obsolete` made before it retired the old one)."""
+        renewed, self._renewed = self._renewed, None
+        if renewed is not None:
+            made_with, conn = renewed
+            if made_with == dict(params) and not conn.closed:
+                return conn
+            conn.close()  # the settings changed meanwhile (the test runner's NAME)
         credentials = self._credentials()
         endpoint, kwargs = _split(params)
         login = _shared_login(credentials, endpoint)
         login.hold.raise_if_recent()
-
-        def attempt(secret: DbSecret) -> Any:
-            conninfo, connect_params = login.login.params("", kwargs, secret)
-            return CheckedConnection.connect(conninfo, **connect_params)
-
         try:
-            conn = drive(login.login.policy.plan(), attempt, time.sleep)
+            conn = drive(login.login.policy.plan(), login.attempt(kwargs), time.sleep)
         except LOGIN_FAILURES as exc:
             login.hold.failed(exc)
             raise
         login.hold.succeeded()
+        self._login, self._aged_at = login, None
         return conn
+
+    _login: _Login | None = None
+    _aged_at: float | None = None
+    _renewed: tuple[dict[str, Any], Any] | None = None
+
+    def close_if_unusable_or_obsolete(self) -> None:
+        """Django's, make-before-break for a connection past ``CONN_MAX_AGE``.
+
+        Django closes an aged connection and the next query logs in. Here the new connection
+        logs in first: if its login would have to wait (a proxy that has not caught up with a
+        rotation yet), the old connection, whose session a rotation never ends, serves on and
+        the login is tried again `_RENEW_RETRY` seconds later, for at most the login's retry
+        budget; then Django closes it and the next query waits the plan out as usual.
+        """
+        if self._aged_and_healthy():
+            self._renew()
+        super().close_if_unusable_or_obsolete()
+
+    def _aged_and_healthy(self) -> bool:
+        close_at = self._close_at()
+        return (
+            self.connection is not None
+            and self._login is not None
+            and close_at is not None
+            and time.monotonic() >= close_at
+            and not self.errors_occurred
+            and not self.in_atomic_block
+            and self.get_autocommit() == self.settings_dict["AUTOCOMMIT"]
+        )
+
+    def _close_at(self) -> float | None:
+        close_at: float | None = getattr(self, "close_at", None)  # Django's, set by connect()
+        return close_at
+
+    def _renew(self) -> None:
+        login = self._login
+        close_at = self._close_at()
+        assert login is not None and close_at is not None
+        now = time.monotonic()
+        if self._aged_at is None:
+            self._aged_at = close_at
+        if now - self._aged_at > login.login.policy.budget:
+            return  # long enough: Django closes it, the next query waits the plan out
+        params = self.get_connection_params()
+        endpoint, kwargs = _split(params)
+        if _shared_login(self._credentials(), endpoint) is not login:
+            return  # other settings now: Django's way
+        try:
+            conn = drive_without_waiting(login.login.policy.plan(), login.attempt(kwargs))
+        except Exception:  # not a refusal (network, server down): Django's way, as before
+            return
+        if conn is None:
+            self.close_at = now + _RENEW_RETRY  # keep the old one a little longer
+            return
+        if self._renewed is not None:
+            self._renewed[1].close()
+        self._renewed = (params, conn)  # Django closes the old one now; connect() takes it
 
     # -- Django's connection pool: a CredentialPool ----------------------------------------
 
@@ -309,6 +384,38 @@ class _FailureHold:
 class _Login:
     login: PoolLogin
     hold: _FailureHold
+
+    def attempt(self, kwargs: Mapping[str, Any]) -> Callable[[DbSecret], Any]:
+        """One login with a secret (a `CheckedConnection`), Django's other parameters."""
+
+        def attempt(secret: DbSecret) -> Any:
+            conninfo, params = self.login.params("", kwargs, secret)
+            return CheckedConnection.connect(conninfo, **params)
+
+        return attempt
+
+
+def drive_without_waiting(plan: Plan, attempt: Callable[[DbSecret], C]) -> C | None:
+    """`login.drive` until the plan says wait: then None (the plan is closed), and a
+    failure the plan raises is left for the next login that may wait."""
+    try:
+        step = advance(plan, None)
+        while True:
+            if isinstance(step, Wait):
+                return None
+            if isinstance(step, Done):  # pragma: no cover - a plan ends after a success
+                return None
+            try:
+                conn = attempt(step.secret)
+            except Exception as exc:
+                step = advance(plan, exc)
+                continue
+            advance(plan, None)
+            return conn
+    except LOGIN_FAILURES:
+        return None
+    finally:
+        plan.close()
 
 
 _lock = threading.Lock()

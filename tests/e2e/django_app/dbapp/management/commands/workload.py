@@ -34,6 +34,8 @@ class Command(BaseCommand):
         parser.add_argument("--threads", type=int, default=8)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        for alias in settings.DATABASES:  # warm-up: Django's first connection (version
+            one_request(alias)                # check, adapters) and the secret's first fetch
         workloads = {
             alias: Workload(request=lambda alias=alias: one_request(alias),
                             threads=options["threads"])
