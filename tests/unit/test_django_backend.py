@@ -204,3 +204,39 @@ def test_snapstart_resets_the_backends_credentials() -> None:
     assert default.close() is True
     assert dbcreds_wrapper(**ENDPOINT)._credentials().source is not first
     assert default.reopen is None  # rebuilt on next use
+
+
+# -- make-before-break past CONN_MAX_AGE: a login that does not wait ------------------------
+
+
+def test_drive_without_waiting_logs_in_or_gives_up_at_the_first_wait() -> None:
+    """The replacement of an aged connection logs in at once, or the old one serves on: the
+    plan is closed at its first Wait (nobody sleeps), and a failure it would raise is left to
+    the next login that may wait."""
+    from dbcreds import SecretProvider
+    from dbcreds.django.base import drive_without_waiting
+    from dbcreds.login import LoginPolicy
+    from support import Clock, FakeSM, Refused
+
+    sm, clock = FakeSM(), Clock()
+    sm.put("AWSCURRENT", "v1", "old")
+    policy = LoginPolicy(SecretProvider("app", jitter=0.0, fetcher=sm, clock=clock),
+                         clock=clock)
+
+    def accepting(*passwords: str) -> Any:
+        def attempt(secret: Any) -> str:
+            if secret.password not in passwords:
+                raise Refused("ERROR: server login has been failing, try again later")
+            return str(secret.password)
+
+        return attempt
+
+    assert drive_without_waiting(policy.plan(), accepting("old")) == "old"
+    # The proxy cannot log in yet: the plan would wait (proxy side); no wait, no connection.
+    assert drive_without_waiting(policy.plan(), accepting()) is None
+    assert not policy.retrying  # the closed plan counts no waiting login
+    # A wrong secret (client side, no rotation): the plan gives up; left to the next login.
+    def wrong(secret: Any) -> str:
+        raise Refused('FATAL:  password authentication failed for user "u"')
+
+    assert drive_without_waiting(policy.plan(), wrong) is None
