@@ -53,6 +53,7 @@ RANKS = {
     "dbcreds.aio": 4,
     "dbcreds.psycopg2": 4,  # psycopg2 connect() and pools (the psycopg2 extra)
     "dbcreds.asyncpg": 4,  # asyncpg's create_pool(connect=...): the dbcreds[asyncpg] extra
+    "dbcreds.django": 4, "dbcreds.django.base": 4,  # ENGINE "dbcreds.django" (Django's backend)
     "dbcreds": 5,
     "dbcreds.cli": 5,
 }
