@@ -81,8 +81,8 @@ class SecretProvider:
         with a ``fetch_fresh`` method (a cache) has it called for forced refreshes. Without
         ``client`` and ``fetcher``: the Lambda extension / Secrets Manager Agent when one is
         configured, else boto3 (``dbcreds.extension``).
-    :param wall: the wall clock (seconds since the epoch) that versions' creation dates are
-        compared with (`changed_recently`).
+    :param wall: the wall clock (seconds since the epoch) that ``LastRotatedDate`` is compared
+        with (`rotated_recently`).
     :param keys: the secret's own key names where they differ from the RDS format's, as
         ``{field: key}`` (``{"username": "user"}``; see ``secret.check_key_map``).
     """
@@ -117,6 +117,7 @@ class SecretProvider:
         self._fetcher = fetcher
         self._clock = clock
         self._wall = wall
+        self._rotated_at_checked: tuple[float, float | None] | None = None
         self._lock = threading.Lock()
         self._cache: TLRUCache[str, _Entry] = TLRUCache(
             maxsize=8, ttu=lambda _key, entry, now: now + entry.ttl, timer=clock
@@ -173,16 +174,46 @@ class SecretProvider:
         return entry.secret.version_id if entry and entry.secret else None
 
     def changed_recently(self, within: float) -> bool:
-        """True when AWSCURRENT's version changed within ``within`` s: as this provider saw
-        it, or, for a provider that has seen only one version (a container started during a
-        rotation's tail), by the version's creation date (wall clock)."""
+        """True when the secret was rotated within ``within`` s: AWSCURRENT's version changed
+        as this provider saw it, or, for a provider that has seen only one version (a
+        container started during a rotation's tail, while RDS Proxy still serves the old
+        password), Secrets Manager's ``LastRotatedDate`` says so (`rotated_recently`)."""
         changed = self._changed_at
         if changed is not None and self._clock() - changed <= within:
             return True
+        return self.rotated_recently(within)
+
+    def rotated_recently(self, within: float) -> bool:
+        """Secrets Manager's ``LastRotatedDate`` (DescribeSecret) is within ``within`` s of
+        now (wall clock). Asked only through boto3 (the extension has no DescribeSecret), at
+        most once per ``pending_ttl`` s; False when it cannot be asked (no permission, another
+        transport, Secrets Manager failing). A ``PutSecretValue`` by hand is not a rotation:
+        a wrong password written a moment ago still fails at once."""
+        now = self._clock()
         with self._lock:
-            entry = self._last_good.get(AWSCURRENT)
-        created = entry.secret.created_at if entry is not None and entry.secret else None
-        return created is not None and -within <= self._wall() - created <= within
+            asked = self._rotated_at_checked
+            if asked is not None and now - asked[0] < self.pending_ttl:
+                rotated = asked[1]
+            else:
+                rotated = None
+        if asked is None or now - asked[0] >= self.pending_ttl:
+            rotated = self._last_rotated()
+            with self._lock:
+                self._rotated_at_checked = (now, rotated)
+        return rotated is not None and -within <= self._wall() - rotated <= within
+
+    def _last_rotated(self) -> float | None:
+        if self._fetcher is None or self._fetcher != self._get_secret_value:
+            return None  # the extension, the Agent or a fetcher of the caller's: no DescribeSecret
+        try:
+            with secret_call():
+                answer = self._create_client().describe_secret(SecretId=self.secret_id)
+        except Exception as exc:  # a bonus: without it a refusal is simply not a rotation
+            logger.debug("DescribeSecret of %r failed: %s", self.secret_id,
+                         client_error_code(exc) or type(exc).__name__)
+            return None
+        stamp = getattr(answer.get("LastRotatedDate"), "timestamp", None)
+        return float(stamp()) if callable(stamp) else None
 
     def get_stats(self) -> dict[str, Any]:
         """Counters (fetches, cache hits, joined flights, stale values served, ...)."""
@@ -359,32 +390,5 @@ class SecretProvider:
                 else "has no SecretString"
             )
             raise InvalidSecret(self.secret_id, None, reason)
-        secret = DbSecret.from_json(secret_string, secret_id=self.secret_id,
-                                    version_id=version_id, keys=self.keys)
-        created = _epoch(response.get("CreatedDate"))
-        return secret if created is None else secret.with_changes(created_at=created)
-
-
-def _epoch(value: Any) -> float | None:
-    """A version's ``CreatedDate`` as seconds since the epoch: a datetime (boto3), a number or
-    a numeric or ISO 8601 string (the extension's JSON); None when it is none of these."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    timestamp = getattr(value, "timestamp", None)
-    if callable(timestamp):
-        result = timestamp()
-        return float(result) if isinstance(result, (int, float)) else None
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-        from datetime import datetime
-
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return None
-    return None
+        return DbSecret.from_json(secret_string, secret_id=self.secret_id, version_id=version_id,
+                                  keys=self.keys)

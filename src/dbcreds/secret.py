@@ -110,8 +110,6 @@ class DbSecret:
     version_id: str | None = None
     secret_id: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    #: when Secrets Manager created this version (seconds since the epoch), if known
-    created_at: float | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
         return (

@@ -192,40 +192,45 @@ def test_a_login_failure_carries_no_chain_to_the_drivers_error(
     assert "s3cret-password" not in text
 
 
-class DatedSM(FakeSM):
-    """FakeSM whose answers carry the version's CreatedDate (as boto3 and the extension do)."""
+class RotatedClient:
+    """A boto3 client stand-in: GetSecretValue from a FakeSM, DescribeSecret's LastRotatedDate."""
 
-    def __init__(self, created: Any) -> None:
-        super().__init__()
-        self.created = created
+    def __init__(self, sm: FakeSM, last_rotated: float | None) -> None:
+        self.sm, self.last_rotated, self.describes = sm, last_rotated, 0
 
-    def __call__(self, secret_id: str, stage: str) -> dict[str, Any]:
-        return {**super().__call__(secret_id, stage), "CreatedDate": self.created}
+    def get_secret_value(self, SecretId: str, VersionStage: str) -> dict[str, Any]:
+        return self.sm(SecretId, VersionStage)
+
+    def describe_secret(self, SecretId: str) -> dict[str, Any]:
+        from datetime import datetime, timezone
+
+        self.describes += 1
+        if self.last_rotated is None:
+            return {"Name": SecretId}
+        return {"Name": SecretId,
+                "LastRotatedDate": datetime.fromtimestamp(self.last_rotated, timezone.utc)}
 
 
-@pytest.mark.parametrize("created", [
-    1_000_000.0, "1000000", "1970-01-12T13:46:40+00:00", "1970-01-12T13:46:40Z",
-    __import__("datetime").datetime.fromtimestamp(1_000_000, __import__("datetime").timezone.utc),
-])  # fmt: skip
-def test_a_cold_container_sees_a_rotation_tail_by_the_versions_creation_date(
-    created: Any,
-) -> None:
+def test_a_cold_container_sees_a_rotations_tail_by_its_last_rotated_date() -> None:
     """A container that started after finishSecret has seen one version only: a refusal (RDS
-    Proxy not yet serving the new password) is still the tail of a rotation, by the date."""
-    sm = DatedSM(created)
+    Proxy not yet serving the new password) is still the tail of a rotation, by Secrets
+    Manager's LastRotatedDate (asked once per pending_ttl)."""
+    sm = FakeSM()
     sm.put("AWSCURRENT", "v2", "new")
-    wall = [1_000_030.0]
-    provider = SecretProvider("s", fetcher=sm, clock=Clock(), wall=lambda: wall[0])
-    assert provider.get().created_at == 1_000_000.0
-    assert provider.changed_recently(60)
-    wall[0] = 1_000_100.0
-    assert not provider.changed_recently(60)
+    client, clock, wall = RotatedClient(sm, 1_000_000.0), Clock(), [1_000_030.0]
+    provider = SecretProvider("s", client=client, clock=clock, wall=lambda: wall[0])
+    provider.get()
+    assert provider.changed_recently(60) and provider.changed_recently(60)
+    assert client.describes == 1
+    wall[0], clock.now = 1_000_100.0, clock.now + 5
+    assert not provider.changed_recently(60) and client.describes == 2
 
 
-def test_a_proxy_lagging_behind_a_fresh_version_is_waited_out() -> None:
-    sm = DatedSM(1_000_000.0)
+def test_a_proxy_lagging_behind_a_fresh_rotation_is_waited_out() -> None:
+    sm = FakeSM()
     sm.put("AWSCURRENT", "v2", "new")
-    provider = SecretProvider("s", fetcher=sm, clock=Clock(), wall=lambda: 1_000_010.0)
+    provider = SecretProvider("s", client=RotatedClient(sm, 1_000_000.0), clock=Clock(),
+                              wall=lambda: 1_000_010.0)
     policy = LoginPolicy(provider, budget=5.0, backoff=(0.05, 0.5))
     refusals = [Refused("SASL authentication failed")] * 2  # the proxy has the old password
 
@@ -239,8 +244,27 @@ def test_a_proxy_lagging_behind_a_fresh_version_is_waited_out() -> None:
     assert len(waits) >= 1
 
 
-def test_without_a_creation_date_nothing_changes() -> None:
-    sm = DatedSM("not a date")
+@pytest.mark.parametrize("last_rotated", [None, 990_000.0])
+def test_a_secret_written_by_hand_is_not_a_rotation(last_rotated: float | None) -> None:
+    """No rotation (or an old one): a refused login gives up at once, however new the version."""
+    sm = FakeSM()
+    sm.put("AWSCURRENT", "v1", "wrong")
+    provider = SecretProvider("s", client=RotatedClient(sm, last_rotated), clock=Clock(),
+                              wall=lambda: 1_000_010.0)
+    policy = LoginPolicy(provider, budget=5.0)
+
+    def attempt(secret: Any) -> str:
+        raise Refused("password authentication failed for user")
+
+    waits: list[float] = []
+    with pytest.raises(AuthenticationFailed):
+        drive(policy.plan(), attempt, waits.append)
+    assert waits == []
+
+
+def test_no_describe_through_another_transport() -> None:
+    sm = FakeSM()
     sm.put("AWSCURRENT", "v1", "pw")
     provider = SecretProvider("s", fetcher=sm, clock=Clock())
-    assert provider.get().created_at is None and not provider.changed_recently(60)
+    provider.get()
+    assert not provider.rotated_recently(60)

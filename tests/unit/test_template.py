@@ -770,7 +770,7 @@ def test_proxy_requires_tls_uses_the_secret_and_optional_iam_auth(
 # -- example application -----------------------------------------------------------------------
 
 
-def test_example_app_reads_through_the_proxy_with_get_secret_value_only(
+def test_example_app_reads_through_the_proxy_with_get_and_describe_secret_only(
     template: dict[str, Any], resources: dict[str, Any]
 ) -> None:
     apps = {
@@ -806,10 +806,12 @@ def test_example_app_reads_through_the_proxy_with_get_secret_value_only(
     [role] = referenced(props["Role"])
     granted = [s for _, s in policy_statements({role: resources[role]}) if "Resource" in s]
     secretsmanager = [s for s in granted if "secretsmanager" in str(s["Action"])]
+    # GetSecretValue, and DescribeSecret (LastRotatedDate: a refusal at a rotation's tail)
     assert [(s["Action"], s["Resource"]) for s in secretsmanager] == [
-        ("secretsmanager:GetSecretValue", {"Ref": "SecretArn"})
+        (["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"], {"Ref": "SecretArn"})
     ]
-    others = {a for s in granted for a in as_list(s["Action"])} - {"secretsmanager:GetSecretValue"}
+    others = {a for s in granted for a in as_list(s["Action"])} - {
+        "secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"}
     assert others <= {"kms:Decrypt", "rds-db:connect"}
 
     # IAM logins to this proxy as its own database user only, never as any user (dbuser:.../*)
