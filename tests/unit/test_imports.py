@@ -49,6 +49,7 @@ RANKS = {
     "dbcreds._pool_compat": 4,  # psycopg_pool's private names, for the integrations below
     "dbcreds.pool": 4,
     "dbcreds.aio": 4,
+    "dbcreds.sqlalchemy": 4,  # SQLAlchemy engines (the sqlalchemy extra)
     "dbcreds": 5,
     "dbcreds.cli": 5,
 }
