@@ -455,3 +455,26 @@ def test_attach_to_an_engine_built_by_hand(
         assert session.execute(text("select current_user")).scalar_one() == app.username
     with pytest.raises(ValueError, match="already"):
         dsa.attach(engine, SecretProvider(app.secret_id))
+
+
+def test_before_a_snapstart_snapshot_engines_forget_secrets_and_connections(
+    stack: Any, app: Any, engines: list[Any]
+) -> None:
+    """The registry's ``sqlalchemy`` default (what SnapStart's before-snapshot hook calls):
+    every engine built here drops its cached secret and its pooled connections, and makes
+    new ones on its next use."""
+    from dbcreds import _registry
+
+    provider = SecretProvider(app.secret_id)
+    engine = dsa.create_engine(url_of(stack, stack.postgres), provider=provider)
+    engines.append(engine)
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        pid = conn.execute(text("select pg_backend_pid()")).scalar_one()
+    assert engine.pool.checkedin() == 1 and provider.version_id is not None
+
+    (default,) = [d for d in _registry.registered_defaults() if d.name == "sqlalchemy"]
+    assert default.close() is True and default.reopen is None
+    assert engine.pool.checkedin() == 0 and provider.version_id is None
+    assert raw is not None and raw.closed  # closed, not merely forgotten
+    assert backend_pid(engine) != pid  # the engine works on
