@@ -63,6 +63,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Dialect, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
+from sqlalchemy.pool import Pool, QueuePool
+from sqlalchemy.pool.base import _ConnectionRecord
+from sqlalchemy.util.queue import Full
 
 from . import _registry
 from .config import Settings
@@ -79,7 +82,7 @@ from .login import (
 from .secret import DbSecret
 
 __all__ = ["AsyncCreator", "EngineLogin", "async_creator", "attach", "create_async_engine",
-           "create_engine", "login_of"]
+           "create_engine", "login_of", "wake_waiting"]
 
 #: the URL of `create_engine` and `create_async_engine` when none is given
 DEFAULT_URL = "postgresql+psycopg://"
@@ -341,11 +344,45 @@ def attach(
                 return conn
         conninfo, kwargs = _psycopg_args(cargs, cparams)
         _refuse_credentials(engine.url, kwargs)
-        return login.connect(dialect.connect, conninfo, kwargs)
+        try:
+            return login.connect(dialect.connect, conninfo, kwargs)
+        except LOGIN_FAILURES:
+            wake_waiting(engine.pool)
+            raise
 
     event.listen(engine, "do_connect", do_connect)
     _remember(engine, login)
     return engine
+
+
+def wake_waiting(pool: Pool) -> None:
+    """Let the callers waiting for a connection of a full `QueuePool` learn at once that the
+    login failed, instead of after ``pool_timeout``.
+
+    A caller waits when the pool's every slot is in use, some by logins in progress; a login
+    that fails frees its slot but wakes no one (SQLAlchemy's queue is woken only by a
+    connection coming back). So the failing login hands its slot to an unconnected pool entry,
+    put in the queue: a waiter takes it and connects it through dbcreds, which tells it the
+    failure at once, and SQLAlchemy puts the entry back for the next waiter (its own path for
+    a pooled connection whose reconnect failed). The entry stays as any invalidated one does:
+    the next checkout after the failure connects it.
+
+    SQLAlchemy's private names (``QueuePool._pool``, ``_overflow``, ``_max_overflow``,
+    ``_overflow_lock``, ``_ConnectionRecord(pool, connect=False)``) are used here only, and
+    pinned by ``tests/unit/test_sqlalchemy_logins.py``.
+    """
+    if not isinstance(pool, QueuePool):
+        return  # NullPool, StaticPool, ...: no caller waits for a slot
+    with pool._overflow_lock:
+        if pool._max_overflow < 0 or pool.checkedin() > 0 or (
+            pool._overflow < pool._max_overflow
+        ):
+            return  # room left, or a connection in the queue: nobody waits
+        pool._overflow += 1  # the entry takes the slot the failed login frees
+    try:
+        pool._pool.put(_ConnectionRecord(pool, connect=False), False)
+    except Full:  # pragma: no cover - the queue was filled meanwhile: nobody waits
+        pool._dec_overflow()
 
 
 def _listeners_after(dialect: Dialect, listener: Callable[..., Any]) -> list[Callable[..., Any]]:
@@ -399,15 +436,23 @@ class AsyncCreator:
         self.login = login
         self.connect_args = dict(connect_args or {})
         self.dialect = dialect
+        #: the engine whose pool's waiting callers learn a failed login at once (set by
+        #: `create_async_engine`; an engine built by hand has its waiters time out)
+        self.engine: AsyncEngine | None = None
 
     def __repr__(self) -> str:
         return f"<AsyncCreator {self.url!r} secret={self.login.source.secret_id!r}>"
 
     async def __call__(self) -> AsyncConnection[Any]:
         conninfo, kwargs = _url_params(self.dialect, self.url, self.connect_args)
-        conn: AsyncConnection[Any] = await self.login.aconnect(
-            AsyncConnection.connect, conninfo, kwargs
-        )
+        try:
+            conn: AsyncConnection[Any] = await self.login.aconnect(
+                AsyncConnection.connect, conninfo, kwargs
+            )
+        except LOGIN_FAILURES:
+            if self.engine is not None:
+                wake_waiting(self.engine.sync_engine.pool)
+            raise
         return conn
 
 
@@ -474,6 +519,7 @@ def create_async_engine(
     made = _async_creator(engine.url, engine.sync_engine.dialect, secret_id=secret_id,
                           provider=provider, sslmode=sslmode, sslrootcert=sslrootcert,
                           auth_retry_budget=auth_retry_budget, connect_args=connect_args)
+    made.engine = engine
     holder.append(made)
     _remember(engine, made.login)
     return engine

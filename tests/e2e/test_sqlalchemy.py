@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pytest
@@ -190,33 +191,45 @@ def assert_nothing_secret(app: Any, wrong: str, texts: list[str]) -> None:
 def test_sync_wrong_password_fails_fast(
     stack: Any, app: Any, engines: list[Any], route: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A wrong secret: the caller gets AuthenticationFailed itself (not SQLAlchemy's
-    OperationalError) within 2 s although the pool's timeout is 30 s; the next caller at
-    once; no password in the error, the engine's repr, its URL or the logs."""
+    """A wrong secret: 6 threads on a pool of 2 (4 of them wait for a slot), each gets
+    AuthenticationFailed itself (not SQLAlchemy's OperationalError, not a TimeoutError after
+    pool_timeout=30 s) within 2 s; a later caller at once; no password in the errors, the
+    engine's repr, its URL or the logs."""
     wrong = "Wr0ng-" + app.password[:10]
     stack.put_current(app.secret_id, stack.secret_doc(app.username, wrong))
     caplog.set_level(logging.DEBUG)
     engine = dsa.create_engine(url_of(stack, getattr(stack, PROXIES[route])),
-                               secret_id=app.secret_id, pool_timeout=30,
-                               connect_args={"connect_timeout": 30})
+                               secret_id=app.secret_id, pool_size=2, max_overflow=0,
+                               pool_timeout=30, connect_args={"connect_timeout": 30})
     engines.append(engine)
+
+    def one() -> BaseException | None:
+        try:
+            select_one(engine)
+        except Exception as exc:
+            return exc
+        return None
+
     t0 = time.monotonic()
-    with pytest.raises(AuthenticationFailed) as first:
-        select_one(engine)
+    with ThreadPoolExecutor(6) as pool:
+        errors = list(pool.map(lambda _: one(), range(6)))
     elapsed = time.monotonic() - t0
     print(f"\n[sqlalchemy sync {route}] AuthenticationFailed after {elapsed * 1000:.0f} ms")
     assert elapsed < 2.0, f"AuthenticationFailed after {elapsed:.1f}s"
-    assert app.secret_id in str(first.value)
+    assert all(isinstance(e, AuthenticationFailed) for e in errors), errors
+    first = errors[0]
+    assert app.secret_id in str(first)
 
     t0 = time.monotonic()
     with pytest.raises(AuthenticationFailed) as later:  # told at once, too
         select_one(engine)
     assert time.monotonic() - t0 < 0.5
-    texts = [str(first.value), str(later.value), repr(later.value), repr(engine),
-             str(engine.url), repr(engine.url), repr(dsa.login_of(engine))]
+    texts = [str(e) for e in errors] + [str(later.value), repr(later.value), repr(engine),
+                                         str(engine.url), repr(engine.url),
+                                         repr(dsa.login_of(engine))]
     texts += [r.getMessage() + (r.exc_text or "") for r in caplog.records]
     assert_nothing_secret(app, wrong, texts)
-    assert first.value.__cause__ is None and first.value.__context__ is None
+    assert all(e.__cause__ is None and e.__context__ is None for e in errors if e)
 
 
 @pytest.mark.parametrize("route", list(PROXIES))
@@ -230,15 +243,15 @@ def test_async_wrong_password_fails_fast(
 
     async def scenario() -> tuple[float, list[BaseException], str]:
         engine = dsa.create_async_engine(url_of(stack, getattr(stack, PROXIES[route])),
-                                         secret_id=app.secret_id, pool_timeout=30,
-                                         connect_args={"connect_timeout": 30})
+                                         secret_id=app.secret_id, pool_size=2, max_overflow=0,
+                                         pool_timeout=30, connect_args={"connect_timeout": 30})
         try:
             async def one() -> None:
                 async with AsyncSession(engine) as session:
                     await session.execute(text("select 1"))
 
             t0 = time.monotonic()
-            errors = await asyncio.gather(*(one() for _ in range(4)), return_exceptions=True)
+            errors = await asyncio.gather(*(one() for _ in range(6)), return_exceptions=True)
             elapsed = time.monotonic() - t0
             return elapsed, [e for e in errors if isinstance(e, BaseException)], repr(engine)
         finally:
@@ -247,7 +260,7 @@ def test_async_wrong_password_fails_fast(
     elapsed, errors, engine_repr = run(scenario(), timeout=30)
     print(f"\n[sqlalchemy asyncio {route}] AuthenticationFailed after {elapsed * 1000:.0f} ms")
     assert elapsed < 2.0, f"AuthenticationFailed after {elapsed:.1f}s"
-    assert len(errors) == 4 and all(isinstance(e, AuthenticationFailed) for e in errors), errors
+    assert len(errors) == 6 and all(isinstance(e, AuthenticationFailed) for e in errors), errors
     texts = [str(e) for e in errors] + [repr(errors[0]), engine_repr]
     texts += [r.getMessage() + (r.exc_text or "") for r in caplog.records]
     assert_nothing_secret(app, wrong, texts)

@@ -327,3 +327,32 @@ def test_async_creator_for_an_engine_built_by_hand(
     assert (kw["host"], kw["dbname"], kw["application_name"], kw["connect_timeout"]) == (
         "proxy.example.com", "appdb", "x", 2)
     assert PASSWORD not in repr(creator) and "app" in repr(creator)
+
+
+def test_wake_waiting_hands_a_full_queuepool_an_unconnected_entry() -> None:
+    """What `wake_waiting` needs of QueuePool's internals (``_pool``, ``_overflow``,
+    ``_max_overflow``, ``_overflow_lock``, ``_ConnectionRecord(pool, connect=False)``): on a
+    full pool it queues an entry that the next caller connects, and the pool's count of
+    connections is right again once every connection is back."""
+    from unittest.mock import MagicMock
+
+    made: list[Any] = []
+
+    def creator() -> Any:
+        made.append(MagicMock())
+        return made[-1]
+
+    pool = sqlalchemy.pool.QueuePool(creator, pool_size=1, max_overflow=0, timeout=0.1)
+    held = pool.connect()
+    with pytest.raises(sqlalchemy.exc.TimeoutError):
+        pool.connect()  # full: a caller would wait
+    dsa.wake_waiting(pool)
+    assert pool.checkedin() == 1
+    second = pool.connect()  # the entry, connected now (by the creator: dbcreds' login)
+    assert len(made) == 2 and second.dbapi_connection is made[1]
+    held.close()
+    second.close()
+    assert pool.checkedin() == 1 and pool.overflow() == 0 and pool.checkedout() == 0
+    dsa.wake_waiting(pool)  # not full: nothing to do
+    assert pool.checkedin() == 1
+    pool.dispose()
