@@ -41,7 +41,10 @@ or a database that is down raises SQLAlchemy's ``OperationalError`` as usual.
 
 After a login plan gave up, callers that need a new connection are told at once
 (`AuthenticationFailed`, a fresh copy) for one second; the next one after that tries again
-(SQLAlchemy connects in the caller's thread: there is no background worker to do it).
+(SQLAlchemy connects in the caller's thread: there is no background worker to do it). Callers
+waiting for a slot of a full ``QueuePool`` (all of them taken, some by logins in progress) are
+told too, at once, rather than after ``pool_timeout`` (`wake_waiting`: the one place that
+touches SQLAlchemy's private names).
 
 With neither ``secret_id`` nor ``provider``, the ``DBCREDS_*`` environment configures the
 engine (``dbcreds.config``: the secret or IAM user, host/port/dbname when the URL names none,
