@@ -310,8 +310,9 @@ def attach(
     A ``do_connect`` listener makes each new DBAPI connection through the login policy. The
     URL's host/port/database win over the secret's; its query and the engine's
     ``connect_args`` reach psycopg (their TLS settings read as the configured TLS). Call it
-    before the engine's first connection. For an asyncio engine use `create_async_engine`, or
-    `async_creator` with ``sqlalchemy.ext.asyncio.create_async_engine``.
+    before the engine's first connection, on an engine built without ``creator`` or ``pool``
+    (SQLAlchemy fires no ``do_connect`` event for those). For an asyncio engine use
+    `create_async_engine`, or `async_creator` with ``sqlalchemy.ext.asyncio.create_async_engine``.
 
     :param provider: a `SecretProvider`, an ``iam.IamAuthSource``, or any
         ``login.CredentialSource``.
@@ -419,6 +420,9 @@ def create_engine(
     With neither *secret_id* nor *provider*, the ``DBCREDS_*`` environment configures it (a
     Lambda function: ``engine = dbcreds.sqlalchemy.create_engine()`` at module level).
     """
+    if "creator" in engine_kwargs or "pool" in engine_kwargs:
+        # SQLAlchemy fires no do_connect event for them: the login would bypass dbcreds
+        raise TypeError("dbcreds makes the connections: give no creator or pool")
     _refuse_credentials(make_url(url), engine_kwargs.get("connect_args") or {})
     engine = sqlalchemy.create_engine(url, **engine_kwargs)
     return attach(engine, provider, secret_id=secret_id, sslmode=sslmode,

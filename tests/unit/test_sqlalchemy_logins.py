@@ -158,6 +158,8 @@ def test_other_dialects_and_async_engines_are_refused_by_attach() -> None:
     with pytest.raises(TypeError):
         dsa.create_engine("postgresql+psycopg://h/db", provider=provider(), secret_id="app")
     with pytest.raises(TypeError, match="creator"):
+        dsa.create_engine("postgresql+psycopg://h/db", provider=provider(), creator=lambda: None)
+    with pytest.raises(TypeError, match="creator"):
         dsa.create_async_engine("postgresql+psycopg://h/db", provider=provider(),
                                 async_creator=lambda: None)
 
