@@ -85,14 +85,18 @@ USUAL_WORKERS = 4
 
 
 def warm_up(engine: sqlalchemy.Engine, n: int = 8) -> None:
-    """Fill the pool (as the psycopg_pool tests' ``pool.wait()``): the first logins are not
-    what the load test measures."""
+    """Fill the pool (as the psycopg_pool tests' ``pool.wait()``) and run the request once
+    (SQLAlchemy's first ``Session`` imports and compiles lazily): the first logins and
+    imports are not what the load test measures."""
+    select_one(engine)
     with contextlib.ExitStack() as stack:
         for _ in range(n):
             stack.enter_context(engine.connect())
 
 
 async def awarm_up(engine: AsyncEngine, n: int = 8) -> None:
+    async with AsyncSession(engine) as session:
+        await session.execute(text("select 1"))
     async with contextlib.AsyncExitStack() as stack:
         for _ in range(n):
             await stack.enter_async_context(engine.connect())
