@@ -85,7 +85,7 @@ from .login import (
 from .secret import DbSecret
 
 __all__ = ["AsyncCreator", "EngineLogin", "async_creator", "attach", "create_async_engine",
-           "create_engine", "login_of", "wake_waiting"]
+           "create_engine", "keep_while_retrying", "login_of", "wake_waiting"]
 
 #: the URL of `create_engine` and `create_async_engine` when none is given
 DEFAULT_URL = "postgresql+psycopg://"
@@ -355,8 +355,43 @@ def attach(
             raise
 
     event.listen(engine, "do_connect", do_connect)
+    keep_while_retrying(engine, login)
     _remember(engine, login)
     return engine
+
+
+def keep_while_retrying(engine: Engine, login: EngineLogin) -> None:
+    """While a login of *engine* waits out a rotation window (``policy.retrying``), a
+    connection that comes back to the pool past ``pool_recycle`` (or within a second of it)
+    is kept a second longer: recycling it now would make its next caller wait for a login
+    that cannot succeed yet (break-before-make), as ``CredentialPool`` keeps a connection
+    past ``max_lifetime`` (``PoolLogin.expired_grace``).
+
+    Through the documented ``checkin`` pool event; what it changes, the entry's start time
+    (``last_connect_time``, which ``pool_recycle`` is measured from), is not documented as
+    writable: ``_extend_life`` is the one place, pinned by the unit tests. A connection the
+    pool invalidated is never kept.
+    """
+
+    def checkin(dbapi_connection: Any, record: Any) -> None:
+        grace = login.credentials.expired_grace()
+        if grace is not None and dbapi_connection is not None:
+            _extend_life(engine.pool, record, grace, time.time())
+
+    event.listen(engine, "checkin", checkin)
+
+
+def _extend_life(pool: Pool, record: Any, grace: float, now: float) -> None:
+    """Let *record*'s connection live *grace* more seconds before ``pool_recycle`` retires it
+    (its start time moved forward, never past *now*, so that any later invalidation of the
+    pool still retires it)."""
+    recycle = pool._recycle
+    start = record.starttime
+    if recycle < 0 or pool._invalidate_time > start or record._soft_invalidate_time > start:
+        return  # no recycling, or invalidated: SQLAlchemy retires it as usual
+    wanted = min(now, now + grace - recycle)
+    if wanted > start:
+        record.starttime = wanted
 
 
 def wake_waiting(pool: Pool) -> None:
@@ -528,6 +563,7 @@ def create_async_engine(
                           auth_retry_budget=auth_retry_budget, connect_args=connect_args)
     made.engine = engine
     holder.append(made)
+    keep_while_retrying(engine.sync_engine, made.login)
     _remember(engine, made.login)
     return engine
 

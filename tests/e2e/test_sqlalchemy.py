@@ -495,3 +495,32 @@ def test_before_a_snapstart_snapshot_engines_forget_secrets_and_connections(
     assert engine.pool.checkedin() == 0 and provider.version_id is None
     assert raw is not None and raw.closed  # closed, not merely forgotten
     assert backend_pid(engine) != pid  # the engine works on
+
+
+def test_a_connection_past_recycle_is_kept_while_a_login_waits_out_a_rotation(
+    stack: Any, app: Any, engines: list[Any]
+) -> None:
+    """As CredentialPool keeps a connection past max_lifetime while a login is retrying, a
+    connection that comes back past ``pool_recycle`` then is kept a second longer; otherwise
+    SQLAlchemy recycles it as usual."""
+    engine = dsa.create_engine(url_of(stack, stack.postgres), secret_id=app.secret_id,
+                               pool_size=1, max_overflow=0, pool_recycle=1)
+    engines.append(engine)
+    policy = dsa.login_of(engine).policy
+
+    def pid_after_holding_past_recycle(retrying: bool) -> tuple[int, int]:
+        with engine.connect() as conn:
+            pid = conn.execute(text("select pg_backend_pid()")).scalar_one()
+            time.sleep(1.1)  # the connection's age is the scenario (pool_recycle=1)
+            if retrying:
+                policy._count_retrying(+1)  # a login is waiting out a rotation window
+        try:
+            return pid, backend_pid(engine)
+        finally:
+            if retrying:
+                policy._count_retrying(-1)
+
+    kept = pid_after_holding_past_recycle(retrying=True)
+    assert kept[0] == kept[1]
+    recycled = pid_after_holding_past_recycle(retrying=False)
+    assert recycled[0] != recycled[1]

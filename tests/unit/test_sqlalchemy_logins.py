@@ -358,3 +358,37 @@ def test_wake_waiting_hands_a_full_queuepool_an_unconnected_entry() -> None:
     dsa.wake_waiting(pool)  # not full: nothing to do
     assert pool.checkedin() == 1
     pool.dispose()
+
+
+def test_extend_life_moves_the_recycle_clock_unless_invalidated() -> None:
+    """What `keep_while_retrying` needs of the pool's internals: an entry's ``starttime``
+    (``last_connect_time``) is what ``pool_recycle`` is measured from at checkout, and the
+    pool's ``_recycle``, ``_invalidate_time`` and the entry's ``_soft_invalidate_time``."""
+    import time as _time
+    from unittest.mock import MagicMock
+
+    pool = sqlalchemy.pool.QueuePool(MagicMock, pool_size=1, max_overflow=0, recycle=2)
+    records: list[Any] = []
+    event.listen(pool, "checkin", lambda dbapi, record: records.append(record))
+    conn = pool.connect()
+    first = conn.dbapi_connection
+    conn.close()
+    record = records[-1]
+    assert record.last_connect_time == record.starttime
+    now = _time.time()
+    record.starttime = now - 10  # long past pool_recycle
+    dsa._extend_life(pool, record, 1.0, now)
+    assert record.starttime == now - 1.0  # one more second to live
+    conn = pool.connect()
+    assert conn.dbapi_connection is first  # not recycled
+    conn.close()
+
+    record.starttime = now - 10
+    conn = pool.connect()  # without the grace: recycled, as SQLAlchemy does
+    assert conn.dbapi_connection is not first
+    conn.invalidate(soft=True)  # the pool wants it retired: no grace
+    conn.close()
+    started = records[-1].starttime
+    dsa._extend_life(pool, records[-1], 1.0, _time.time() + 10)
+    assert records[-1].starttime == started
+    pool.dispose()
