@@ -36,8 +36,11 @@ policy (``dbcreds.tls``: verify-full by default, never a password to an unverifi
 break, or pin on, prepared statements).
 
 Everything else is SQLAlchemy's: the pool (``QueuePool``, ``pool_size``, ``pool_recycle``,
-``pool_pre_ping``, ...), the events, ``dispose()``. A login that fails because of the network
-or a database that is down raises SQLAlchemy's ``OperationalError`` as usual.
+``pool_pre_ping``, ...), the events, ``dispose()``; except that while a login waits out a
+rotation window, a connection that comes back past ``pool_recycle`` is kept a second longer
+(`keep_while_retrying`, as ``CredentialPool`` keeps one past ``max_lifetime``). A login that
+fails because of the network or a database that is down raises SQLAlchemy's
+``OperationalError`` as usual.
 
 After a login plan gave up, callers that need a new connection are told at once
 (`AuthenticationFailed`, a fresh copy) for one second; the next one after that tries again
