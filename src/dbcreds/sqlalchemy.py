@@ -36,9 +36,11 @@ policy (``dbcreds.tls``: verify-full by default, never a password to an unverifi
 break, or pin on, prepared statements).
 
 Everything else is SQLAlchemy's: the pool (``QueuePool``, ``pool_size``, ``pool_recycle``,
-``pool_pre_ping``, ...), the events, ``dispose()``; except that while a login waits out a
-rotation window, a connection that comes back past ``pool_recycle`` is kept a second longer
-(`keep_while_retrying`, as ``CredentialPool`` keeps one past ``max_lifetime``). A login that
+``pool_pre_ping``, ...), the events, ``dispose()``; except that ``pool_recycle`` is applied
+as psycopg_pool applies ``max_lifetime``: each connection's life is up to 5 % shorter, at
+random (connections made together are not all recycled, and logged in again, together), and
+while a login waits out a rotation window a connection that comes back past ``pool_recycle``
+is kept a second longer (`keep_while_retrying`). A login that
 fails because of the network or a database that is down raises SQLAlchemy's
 ``OperationalError`` as usual.
 
@@ -57,6 +59,7 @@ with ``dbcreds.sqlalchemy.create_engine()``.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import weakref
@@ -381,7 +384,30 @@ def keep_while_retrying(engine: Engine, login: EngineLogin) -> None:
         if grace is not None and dbapi_connection is not None:
             _extend_life(engine.pool, record, grace, time.time())
 
+    def connect(dbapi_connection: Any, record: Any) -> None:
+        _spread_recycle(engine.pool, record, random.random())
+
     event.listen(engine, "checkin", checkin)
+    event.listen(engine, "connect", connect)
+
+
+#: the share of ``pool_recycle`` by which a new connection's life is shortened at random
+RECYCLE_JITTER = 0.05
+
+
+def _spread_recycle(pool: Pool, record: Any, draw: float) -> None:
+    """Shorten a new connection's life by up to `RECYCLE_JITTER` of ``pool_recycle`` (5 %,
+    as psycopg_pool does with ``max_lifetime``): connections made together (at start, after a
+    restart) are then not all recycled together, which would make every caller log in at
+    the same moment, possibly in a rotation window. Never before a pool invalidation (the
+    connection would count as invalidated)."""
+    recycle = pool._recycle
+    if recycle <= 0:
+        return
+    start = record.starttime
+    earlier = start - draw * RECYCLE_JITTER * recycle
+    if earlier > pool._invalidate_time and earlier > record._soft_invalidate_time:
+        record.starttime = earlier
 
 
 def _extend_life(pool: Pool, record: Any, grace: float, now: float) -> None:

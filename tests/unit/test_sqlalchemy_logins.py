@@ -392,3 +392,22 @@ def test_extend_life_moves_the_recycle_clock_unless_invalidated() -> None:
     dsa._extend_life(pool, records[-1], 1.0, _time.time() + 10)
     assert records[-1].starttime == started
     pool.dispose()
+
+
+def test_spread_recycle_shortens_a_new_connections_life_by_up_to_5_percent() -> None:
+    from unittest.mock import MagicMock
+
+    pool = sqlalchemy.pool.QueuePool(MagicMock, pool_size=1, max_overflow=0, recycle=10)
+    records: list[Any] = []
+    event.listen(pool, "connect", lambda dbapi, record: records.append(record))
+    pool.connect().close()
+    record = records[-1]
+    start = record.starttime
+    dsa._spread_recycle(pool, record, 0.5)
+    assert record.starttime == start - 0.25  # half of 5 % of 10 s
+    dsa._spread_recycle(pool, record, 0.0)
+    assert record.starttime == start - 0.25
+    pool._invalidate_time = start - 0.3  # type: ignore[attr-defined]
+    dsa._spread_recycle(pool, record, 1.0)  # would go before the invalidation: unchanged
+    assert record.starttime == start - 0.25
+    pool.dispose()
