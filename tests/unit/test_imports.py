@@ -54,6 +54,7 @@ RANKS = {
     "dbcreds.psycopg2": 4,  # psycopg2 connect() and pools (the psycopg2 extra)
     "dbcreds.asyncpg": 4,  # asyncpg's create_pool(connect=...): the dbcreds[asyncpg] extra
     "dbcreds.django": 4, "dbcreds.django.base": 4,  # ENGINE "dbcreds.django" (Django's backend)
+    "dbcreds.sqlalchemy": 4,  # SQLAlchemy engines (the sqlalchemy extra)
     "dbcreds": 5,
     "dbcreds.cli": 5,
 }
