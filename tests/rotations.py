@@ -89,10 +89,28 @@ def rotate_three_times(
             between(step)
 
     for _ in range(3):
+        proxy_warmed(stack, app, sm_client)
         rotation = rotate(app.secret_id, pause=0.5, between_steps=step_done)
         assert rotation.completed
         proxy_caught_up(stack, app.secret_id, rotation.token)
     return logins_ok
+
+
+#: server connections the RDS Proxy stand-in holds for an app before a rotation: the
+#: concurrency of the load tests (8 threads of dbcreds, 8 of the usual way beside it)
+WARM_SERVER_CONNECTIONS = 16
+
+
+def proxy_warmed(stack: Any, app: Any, sm_client: Any) -> None:
+    """Before a rotation, the RDS Proxy stand-in holds a warm pool of server connections for
+    the app, as RDS Proxy does (``PgBouncer.warm``: PgBouncer, unlike RDS Proxy, closes them
+    when a RELOAD changes the password, and refuses queries at once while it cannot open new
+    ones). A property of the stand-in, not of a rotation: waited for like `proxy_caught_up`."""
+    current = sm_client.get_secret_value(SecretId=app.secret_id, VersionStage="AWSCURRENT")
+    proxy_caught_up(stack, app.secret_id, current["VersionId"])  # it serves this version
+    doc = json.loads(current["SecretString"])
+    stack.rds_proxy.warm(doc["username"], doc["password"], stack.dbname,
+                         WARM_SERVER_CONNECTIONS)
 
 
 async def arotate_three_times(

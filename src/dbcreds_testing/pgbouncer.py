@@ -130,6 +130,9 @@ class PgBouncer(_proc.Service):
             # ConnectionBorrowTimeout is 120 s; tests want a bounded wait).
             "query_wait_timeout": str(query_wait_timeout),
             "ignore_startup_parameters": "extra_float_digits",
+            # Idle server connections close after 30 s: a warmed pool (`warm`) lives through
+            # a test's rotations and is gone before it holds the database's connections.
+            "server_idle_timeout": "30",
             "log_connections": "1",
             "log_disconnections": "1",
             **(settings or {}),
@@ -319,14 +322,16 @@ class PgBouncer(_proc.Service):
         lines += [f"{key} = {value}" for key, value in self.settings.items()]
         _proc.write_private_file(self.config_path, "\n".join(lines) + "\n")
 
-    def _write_auth_file(self) -> None:
+    def _write_auth_file(self, changed: Mapping[str, _Entry] | None = None) -> None:
         users = {ADMIN_USER: self._admin_password}
         if self.mode == "auth_query":
             users[AUTH_USER] = self._auth_password
         with self._lock:
-            for entry in self._watched.values():
-                if entry is not None:
-                    users[entry.username] = entry.password
+            entries = {**self._watched, **{k: v for k, v in (changed or {}).items()
+                                           if k in self._watched}}
+        for entry in entries.values():
+            if entry is not None:
+                users[entry.username] = entry.password
 
         def quote(s: str) -> str:
             return '"' + s.replace('"', '""') + '"'
@@ -399,6 +404,48 @@ class PgBouncer(_proc.Service):
             what=f"{self.name} to apply version {version_id} of {secret_id!r}",
         )
 
+    def warm(self, user: str, password: str, dbname: str, connections: int) -> None:
+        """Make this PgBouncer hold *connections* server connections of (*user*, *dbname*):
+        that many clients each open a transaction (in transaction mode each then holds a
+        server connection), all at once, then let go. The server connections stay in the pool.
+
+        RDS Proxy keeps its database connections when the secret changes and lets a client
+        wait for one (ConnectionBorrowTimeout) while it cannot open new ones; PgBouncer
+        closes the servers of a user whose password its RELOAD changed, and refuses clients
+        at once while its server logins fail (server_login_retry). A warm pool before a
+        rotation's window is how the stand-in keeps the first of RDS Proxy's behaviours: a
+        test warms it once the proxy applied a rotation, before the next one starts.
+        """
+        import psycopg
+
+        dsn = self.dsn(user, password, dbname)
+        inside = threading.Barrier(connections + 1, timeout=15)
+        errors: list[BaseException] = []
+
+        def hold() -> None:
+            try:
+                with psycopg.connect(dsn, prepare_threshold=None) as conn:
+                    conn.execute("select 1")  # in a transaction: the server stays assigned
+                    inside.wait()  # every client holds its own server connection
+                    inside.wait()
+            except BaseException as exc:
+                errors.append(exc)
+                inside.abort()
+
+        threads = [threading.Thread(target=hold, daemon=True) for _ in range(connections)]
+        for t in threads:
+            t.start()
+        try:
+            inside.wait()
+            inside.wait()
+        except threading.BrokenBarrierError:
+            pass
+        for t in threads:
+            t.join(15)
+        if errors:
+            raise RuntimeError(f"{self.name}: warming the pool failed: "
+                               f"{type(errors[0]).__name__}: {_safe(errors[0])}")
+
     @contextlib.contextmanager
     def hold_refresh(self) -> Iterator[None]:
         """Inside, the background thread does not refresh (a proxy that has not yet noticed)."""
@@ -448,12 +495,14 @@ class PgBouncer(_proc.Service):
         self.last_refresh_error = error
         if not changed:
             return False
+        # The auth_file and PgBouncer first; `applied_version` (wait_applied) changes last, so
+        # whoever waited for it logs in with the new password and is served.
+        self._write_auth_file(changed)
+        self.reload()
         with self._lock:
             for secret_id, entry in changed.items():
                 if secret_id in self._watched:
                     self._watched[secret_id] = entry
-        self._write_auth_file()
-        self.reload()
         log.debug("%s applied %d changed secret(s)", self.name, len(changed))
         return True
 

@@ -121,3 +121,37 @@ def test_other_key_names_through_a_key_mapping(
     with dbcreds.get_connection(timeout=15) as conn:
         row = conn.execute("select current_user, current_database()").fetchone()
     assert row == (app.username, stack.dbname)
+
+
+@pytest.mark.load
+@pytest.mark.parametrize("route", list(PROXIES))
+def test_rds_managed_secret_through_a_sqlalchemy_engine_zero_failures(
+    stack: Any, rds_app: Any, default_env: pytest.MonkeyPatch, sm_client: Any, route: str
+) -> None:
+    """``dbcreds.sqlalchemy.create_engine()`` configured by the environment alone (a Lambda's
+    module-level engine) on a two-key secret, Session queries from 8 threads while RDS-style
+    rotations run three times: 0 failed requests."""
+    import sqlalchemy
+    from sqlalchemy.orm import Session
+
+    import dbcreds.sqlalchemy
+
+    configure(default_env, stack, rds_app.secret_id, PROXIES[route])
+    engine = dbcreds.sqlalchemy.create_engine(
+        pool_size=4, max_overflow=4, pool_recycle=2, pool_pre_ping=True)
+    query = sqlalchemy.text("select current_user")
+
+    def request() -> None:
+        with Session(engine) as session:
+            assert session.execute(query).scalar_one() == rds_app.username
+
+    try:
+        with Workload(request=request, threads=8) as workload:
+            assert workload.wait_for_requests(50)
+            logins_ok = rotate_three_times(stack, rds_app, sm_client, [workload],
+                                           rotate=stack.rotate_like_rds)
+            result = workload.stop()
+    finally:
+        engine.dispose()
+    report(f"rds-managed sqlalchemy {route}", result)
+    assert_three_rotations_served(stack, rds_app, result, logins_ok, min_requests=200)
