@@ -136,9 +136,10 @@ def assert_three_rotations_served(
     stack: Any, app: Any, result: WorkloadReport, logins_ok: list[bool],
     *, min_requests: int = 500,
 ) -> None:
-    """What a load test through three rotations must show (every integration alike)."""
+    """What a load test through three rotations must show (every integration alike): no
+    failed request. Latency (the worst request, the p99) is printed by `report` and quoted in
+    the notes; speed targets live in benchmarks/, not in timed assertions here."""
     assert result.failures == [], result.summary()
-    assert result.worst < 1.0, result.summary()
     assert len(logins_ok) == 12 and all(logins_ok)  # AWSCURRENT or AWSPENDING at every step
     # The workload really ran across the rotations, and the password really changed.
     assert len(result.requests) > min_requests
