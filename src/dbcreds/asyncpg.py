@@ -61,11 +61,8 @@ from typing import Any
 
 import asyncpg
 
-from . import snapstart
-from .config import Settings
 from .errors import ConfigurationError, DbcredsError, raise_clean
-from .login import LOGIN_FAILURES, CredentialSource, PoolLogin, again, drive_async, source_for
-from .provider import SecretProvider
+from .login import LOGIN_FAILURES, CredentialSource, PoolLogin, again, configure, drive_async
 from .secret import DbSecret
 from .tls import ASYNCPG, TlsPolicy, ssl_context
 
@@ -388,46 +385,6 @@ class CredentialConnect:
         return context if context is not None else False
 
 
-# -- sources: one per secret (or environment) per process ----------------------------------
-
-_sources: dict[object, CredentialSource] = {}
-_sources_lock = threading.Lock()
-
-
-def _cached_source(key: object, build: Callable[[], CredentialSource]) -> CredentialSource:
-    with _sources_lock:
-        source = _sources.get(key)
-        if source is None:
-            source = _sources[key] = build()
-        else:
-            return source
-    snapstart.register(source)  # nothing cached survives a SnapStart snapshot
-    return source
-
-
-def _configure(
-    secret_id: str | None,
-    provider: CredentialSource | None,
-    auth_retry_budget: float | None,
-) -> tuple[CredentialSource, Target, float]:
-    """(source, defaults, budget) from the arguments, or from the ``DBCREDS_*`` environment."""
-    if secret_id is not None and provider is not None:
-        raise TypeError("give secret_id or provider, not both")
-    if provider is not None:
-        return provider, Target(), 5.0 if auth_retry_budget is None else auth_retry_budget
-    if secret_id is not None:
-        if not secret_id:
-            raise ValueError("secret_id is empty")
-        source = _cached_source(("secret", secret_id), lambda: SecretProvider(secret_id))
-        return source, Target(), 5.0 if auth_retry_budget is None else auth_retry_budget
-    settings = Settings.from_env()
-    source = _cached_source(("env", settings), lambda: source_for(settings))
-    defaults = Target(settings.host, settings.port, settings.dbname, settings.sslmode,
-                      settings.sslrootcert)
-    budget = settings.auth_retry_budget if auth_retry_budget is None else auth_retry_budget
-    return source, defaults, budget
-
-
 def _connector(
     dsn: str | None,
     kwargs: Mapping[str, Any],
@@ -439,10 +396,13 @@ def _connector(
     auth_retry_budget: float | None,
     connect: Connect | None = None,
 ) -> CredentialConnect:
-    source, defaults, budget = _configure(secret_id, provider, auth_retry_budget)
+    config = configure(secret_id=secret_id, provider=provider,
+                       auth_retry_budget=auth_retry_budget)
+    defaults = Target(config.host, config.port, config.dbname, config.sslmode,
+                      config.sslrootcert)
     connector = CredentialConnect(
-        source, sslmode=sslmode, sslrootcert=sslrootcert, auth_retry_budget=budget,
-        defaults=defaults, connect=connect,
+        config.source, sslmode=sslmode, sslrootcert=sslrootcert,
+        auth_retry_budget=config.auth_retry_budget, defaults=defaults, connect=connect,
     )
     connector.login_for(connector.target(dsn, kwargs))  # refuse a bad configuration now
     return connector

@@ -67,8 +67,23 @@ if TYPE_CHECKING:
     from .config import Settings
 
 __all__ = [
-    "LOGIN_FAILURES", "ConnectParamsPolicy", "CredentialPoolMixin", "CredentialSource", "Done",
-    "LoginPolicy", "PoolLogin", "Try", "Wait", "advance", "again", "drive", "drive_async",
+    "LOGIN_FAILURES",
+    "Configuration",
+    "ConnectParamsPolicy",
+    "CredentialPoolMixin",
+    "CredentialSource",
+    "Done",
+    "LoginPolicy",
+    "PoolLogin",
+    "Try",
+    "Wait",
+    "advance",
+    "again",
+    "configure",
+    "drive",
+    "drive_async",
+    "shared_source",
+    "shared_source_for",
     "source_for",
 ]
 
@@ -435,6 +450,94 @@ def source_for(settings: Settings) -> CredentialSource:
     from .provider import SecretProvider
 
     return SecretProvider(settings.secret_id, ttl=settings.secret_ttl, keys=settings.secret_keys)
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """What an integration's logins use: the credential source, and the endpoint, TLS and
+    retry budget that the ``DBCREDS_*`` environment gives when it configured the source
+    (None where it says nothing: the integration's own parameters, then the secret's, apply).
+    """
+
+    source: CredentialSource
+    auth_retry_budget: float = 5.0
+    host: str | None = None
+    port: int | None = None
+    dbname: str | None = None
+    sslmode: str | None = None
+    sslrootcert: str | None = None
+
+
+def configure(
+    *,
+    secret_id: str | None = None,
+    provider: CredentialSource | None = None,
+    auth_retry_budget: float | None = None,
+    secret_ttl: float | None = None,
+) -> Configuration:
+    """The credentials of an integration (SQLAlchemy, Django, asyncpg, psycopg2), one way:
+
+    * *provider*: that source, as given;
+    * *secret_id*: the process's one `SecretProvider` of that secret (and *secret_ttl*),
+      shared by every engine, pool and connection that names it (one cache, one flight);
+    * neither: the ``DBCREDS_*`` environment (``config.Settings.from_env``, `source_for`),
+      whose source is shared the same way and whose endpoint, TLS and budget come along.
+
+    Shared sources forget what they cached before a SnapStart snapshot (``snapstart``).
+    *auth_retry_budget* None means the environment's, else 5 s.
+    """
+    if secret_id is not None and provider is not None:
+        raise ConfigurationError("give secret_id or provider, not both")
+    if provider is not None:
+        return Configuration(provider, _budget(auth_retry_budget, 5.0))
+    if secret_id is not None:
+        if not secret_id:
+            raise ConfigurationError("secret_id is empty: give the secret's name or ARN")
+        ttl = 300.0 if secret_ttl is None else float(secret_ttl)
+
+        def provider_of_secret() -> CredentialSource:
+            from .provider import SecretProvider
+
+            return SecretProvider(secret_id, ttl=ttl)
+
+        source = shared_source(("secret", secret_id, ttl), provider_of_secret)
+        return Configuration(source, _budget(auth_retry_budget, 5.0))
+    from .config import Settings
+
+    settings = Settings.from_env()
+    source = shared_source_for(settings)
+    return Configuration(
+        source, _budget(auth_retry_budget, settings.auth_retry_budget),
+        host=settings.host, port=settings.port, dbname=settings.dbname,
+        sslmode=settings.sslmode, sslrootcert=settings.sslrootcert,
+    )
+
+
+def _budget(given: float | None, default: float) -> float:
+    return default if given is None else float(given)
+
+
+_shared_sources: dict[Any, CredentialSource] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_source_for(settings: Settings) -> CredentialSource:
+    """The process's one source that *settings* describe (`source_for`, shared)."""
+    return shared_source(("environment", settings), lambda: source_for(settings))
+
+
+def shared_source(key: Any, build: Callable[[], CredentialSource]) -> CredentialSource:
+    """The process's one source for *key*, built by *build* the first time (and registered
+    with ``snapstart``: nothing it caches survives a snapshot)."""
+    with _shared_lock:
+        source = _shared_sources.get(key)
+        if source is not None:
+            return source
+        source = _shared_sources[key] = build()
+    from . import snapstart
+
+    snapstart.register(source)
+    return source
 
 
 def _conninfo_to_dict(conninfo: str) -> dict[str, Any]:

@@ -58,8 +58,16 @@ from psycopg2.pool import PoolError
 
 from . import _registry
 from .config import Settings
-from .errors import ConfigurationError, DbcredsError
-from .login import LOGIN_FAILURES, CredentialSource, PoolLogin, again, drive, source_for
+from .errors import DbcredsError
+from .login import (
+    LOGIN_FAILURES,
+    CredentialSource,
+    PoolLogin,
+    again,
+    configure,
+    drive,
+    shared_source_for,
+)
 from .secret import DbSecret
 from .tls import TlsClient
 
@@ -80,30 +88,6 @@ PSYCOPG2 = TlsClient("psycopg2", psycopg2.extensions.libpq_version)
 
 #: parameters that name where to connect: given to the call, they win over the secret's
 _WHERE = ("host", "port", "dbname")
-
-
-# -- credential sources, shared by every call of this process ---------------------------------
-
-_sources: dict[Hashable, CredentialSource] = {}
-_sources_lock = threading.Lock()
-
-
-def _shared_source(key: Hashable, make: Callable[[], CredentialSource]) -> CredentialSource:
-    with _sources_lock:
-        source = _sources.get(key)
-        if source is None:
-            _sources[key] = source = make()
-    return source
-
-
-def _secret_source(secret_id: str) -> CredentialSource:
-    from .provider import SecretProvider
-
-    return _shared_source(("secret", secret_id), lambda: SecretProvider(secret_id))
-
-
-def _settings_source(settings: Settings) -> CredentialSource:
-    return _shared_source(("settings", settings), lambda: source_for(settings))
 
 
 class Psycopg2Login:
@@ -130,16 +114,9 @@ class Psycopg2Login:
         cursor_factory: Callable[..., Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        settings: Settings | None = None
-        if secret_id is not None and provider is not None:
-            raise ConfigurationError("give secret_id or provider, not both")
-        if provider is not None:
-            source = provider
-        elif secret_id is not None:
-            source = _secret_source(secret_id)
-        else:
-            settings = Settings.from_env()
-            source = _settings_source(settings)
+        config = configure(secret_id=secret_id, provider=provider,
+                           auth_retry_budget=auth_retry_budget)
+        source = config.source
         params = dict(kwargs or {})
         if "database" in params:  # psycopg2's alias
             params.setdefault("dbname", params.pop("database"))
@@ -149,14 +126,11 @@ class Psycopg2Login:
             value = params.pop(name, None)
             if value is None:
                 value = in_dsn.get(name)
-            if value is None and settings is not None:
-                value = getattr(settings, name)
+            if value is None:
+                value = getattr(config, name)
             where[name] = value
-        if settings is not None:
-            sslmode = sslmode or settings.sslmode
-            sslrootcert = sslrootcert or settings.sslrootcert
-            if auth_retry_budget is None:
-                auth_retry_budget = settings.auth_retry_budget
+        sslmode = sslmode or config.sslmode
+        sslrootcert = sslrootcert or config.sslrootcert
         self.source = source
         self.dsn = dsn or ""
         self.kwargs = params
@@ -170,7 +144,7 @@ class Psycopg2Login:
             sslmode=sslmode,
             sslrootcert=sslrootcert,
             kwargs=params,
-            auth_retry_budget=5.0 if auth_retry_budget is None else auth_retry_budget,
+            auth_retry_budget=config.auth_retry_budget,
             conninfo=self.dsn,
             tls_client=PSYCOPG2,
             driver_defaults={},  # libpq knows no prepare_threshold (psycopg 3's option)
@@ -539,7 +513,7 @@ def build_pool(settings: Settings) -> ThreadedConnectionPool:
     """The pool *settings* describe (the default pool of `get_connection`)."""
     return ThreadedConnectionPool(
         settings.pool_min_size, settings.pool_max_size,
-        provider=_settings_source(settings),
+        provider=shared_source_for(settings),
         host=settings.host, port=settings.port, dbname=settings.dbname,
         sslmode=settings.sslmode, sslrootcert=settings.sslrootcert,
         auth_retry_budget=settings.auth_retry_budget,
@@ -585,19 +559,15 @@ def close_default_pool() -> None:
 
 
 def _close_defaults() -> bool:
-    """Drop the cached credentials of this module's sources, close and forget the default
-    pool; whether there was anything (the registry's ``close``, before a SnapStart snapshot)."""
+    """Close and forget the default pool; whether there was one (the registry's ``close``,
+    before a SnapStart snapshot: the shared sources forget their secrets through
+    ``snapstart.register``, see ``login.shared_source``)."""
     global _default
     with _default_lock:
         pool, _default = _default, None
-    with _sources_lock:
-        sources = list(_sources.values())
-        _sources.clear()
-    for source in sources:
-        source.invalidate()
     if pool is not None and not pool.closed:
         pool.closeall()
-    return pool is not None or bool(sources)
+    return pool is not None
 
 
 _registry.register_default("psycopg2", _close_defaults)

@@ -77,16 +77,15 @@ from sqlalchemy.pool.base import _ConnectionRecord
 from sqlalchemy.util.queue import Full
 
 from . import _registry
-from .config import Settings
 from .errors import ConfigurationError, DbcredsError
 from .login import (
     LOGIN_FAILURES,
     CredentialSource,
     PoolLogin,
     again,
+    configure,
     drive,
     drive_async,
-    source_for,
 )
 from .secret import DbSecret
 
@@ -216,35 +215,20 @@ def _login_for(
             f"dbcreds.sqlalchemy supports the psycopg 3 dialect (postgresql+psycopg://), not "
             f"{url.drivername!r}"
         )
-    settings: Settings | None = None
-    if provider is not None and secret_id is not None:
-        raise TypeError("give secret_id or provider, not both")
-    if provider is not None:
-        source = provider
-    elif secret_id is not None:
-        from .provider import SecretProvider
-
-        source = SecretProvider(secret_id)
-    else:
-        settings = Settings.from_env()
-        source = source_for(settings)
-    host = str(cparams["host"]) if cparams.get("host") else None
-    port = cparams.get("port")
-    dbname = str(cparams["dbname"]) if cparams.get("dbname") else None
-    if settings is not None:
-        host = host or settings.host
-        port = port or settings.port
-        dbname = dbname or settings.dbname
-        sslmode = sslmode or settings.sslmode
-        sslrootcert = sslrootcert or settings.sslrootcert
-        if auth_retry_budget is None:
-            auth_retry_budget = settings.auth_retry_budget
+    config = configure(secret_id=secret_id, provider=provider,
+                       auth_retry_budget=auth_retry_budget)
+    source = config.source
+    host = (str(cparams["host"]) if cparams.get("host") else None) or config.host
+    port = cparams.get("port") or config.port
+    dbname = (str(cparams["dbname"]) if cparams.get("dbname") else None) or config.dbname
+    sslmode = sslmode or config.sslmode
+    sslrootcert = sslrootcert or config.sslrootcert
     from . import snapstart
 
     snapstart.install()  # under Lambda SnapStart: no secret or connection in the snapshot
     return EngineLogin(
         source, host=host, port=port, dbname=dbname, sslmode=sslmode, sslrootcert=sslrootcert,
-        auth_retry_budget=5.0 if auth_retry_budget is None else auth_retry_budget,
+        auth_retry_budget=config.auth_retry_budget,
         kwargs=cparams,
     )
 

@@ -289,7 +289,9 @@ def test_the_urls_host_port_and_database_win_over_the_secrets(
         assert conn.connection.dbapi_connection.info.port == server.port  # type: ignore[union-attr]
 
     stack.put_current(app.secret_id, stack.secret_doc(app.username, app.password))
-    bare = dsa.create_engine(secret_id=app.secret_id)  # postgresql+psycopg://: the secret's
+    # (a provider of its own: engines naming the secret share one cache, which still holds
+    # the value above for its TTL)
+    bare = dsa.create_engine(provider=SecretProvider(app.secret_id))  # the secret's endpoint
     engines.append(bare)
     with bare.connect() as conn:
         assert conn.connection.dbapi_connection.info.port == stack.postgres.port  # type: ignore[union-attr]

@@ -193,16 +193,18 @@ def test_the_driver_is_psycopg_for_everything_but_connect() -> None:
     assert "psycopg" in repr(conn.Database)
 
 
-def test_snapstart_resets_the_backends_credentials() -> None:
-    """Registered as the "django" default: before a snapshot every cached source forgets
-    its secret and the next connection builds (and fetches) afresh."""
-    from dbcreds import _registry
+def test_snapstart_makes_the_backends_sources_forget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One source per secret for the process (``login.configure``), registered with SnapStart:
+    before a snapshot it forgets its secret; the "django" default closes what it opened."""
+    from dbcreds import _registry, snapstart
 
     default = {d.name: d for d in _registry.registered_defaults()}["django"]
     first = dbcreds_wrapper(**ENDPOINT)._credentials().source
     assert dbcreds_wrapper(**ENDPOINT)._credentials().source is first  # one per secret
-    assert default.close() is True
-    assert dbcreds_wrapper(**ENDPOINT)._credentials().source is not first
+    forgot: list[bool] = []
+    monkeypatch.setattr(first, "invalidate", lambda: forgot.append(True))
+    snapstart.before_snapshot()
+    assert forgot
     assert default.reopen is None  # rebuilt on next use
 
 

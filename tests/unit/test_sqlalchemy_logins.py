@@ -155,7 +155,7 @@ def test_other_dialects_and_async_engines_are_refused_by_attach() -> None:
     async_engine = sqlalchemy.ext.asyncio.create_async_engine("postgresql+psycopg://h/db")
     with pytest.raises(TypeError, match="create_async_engine"):
         dsa.attach(async_engine, provider())  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
+    with pytest.raises(ConfigurationError, match="not both"):
         dsa.create_engine("postgresql+psycopg://h/db", provider=provider(), secret_id="app")
     with pytest.raises(TypeError, match="creator"):
         dsa.create_engine("postgresql+psycopg://h/db", provider=provider(), creator=lambda: None)

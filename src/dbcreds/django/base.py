@@ -53,7 +53,6 @@ from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base as postgresql
 
 from .. import _registry
-from ..config import Settings
 from ..errors import DbcredsError
 from ..login import (
     LOGIN_FAILURES,
@@ -64,8 +63,8 @@ from ..login import (
     Wait,
     advance,
     again,
+    configure,
     drive,
-    source_for,
 )
 from ..pool import CredentialPool
 from ..secret import DbSecret
@@ -139,22 +138,17 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
         self._refuse_credentials_in_settings()
         options = self.settings_dict["OPTIONS"]
         budget = options.get("auth_retry_budget")
-        given = options.get("credential_source")
-        if given is not None:
-            return _Credentials(given, 5.0 if budget is None else float(budget))
-        secret_id = options.get("secret_id")
-        if secret_id:
-            ttl = float(options.get("secret_ttl", 300.0))
-            source = _shared_source(("secret", str(secret_id), ttl),
-                                    lambda: _secret_provider(str(secret_id), ttl))
-            return _Credentials(source, 5.0 if budget is None else float(budget))
-        env = Settings.from_env()
-        source = _shared_source(("env", env), lambda: source_for(env))
-        fallback = {"host": env.host, "port": env.port, "dbname": env.dbname,
-                    "sslmode": env.sslmode, "sslrootcert": env.sslrootcert}
+        ttl = options.get("secret_ttl")
+        config = configure(
+            secret_id=str(options["secret_id"]) if options.get("secret_id") else None,
+            provider=options.get("credential_source"),
+            auth_retry_budget=None if budget is None else float(budget),
+            secret_ttl=None if ttl is None else float(ttl),
+        )
+        fallback = {"host": config.host, "port": config.port, "dbname": config.dbname,
+                    "sslmode": config.sslmode, "sslrootcert": config.sslrootcert}
         return _Credentials(
-            source,
-            env.auth_retry_budget if budget is None else float(budget),
+            config.source, config.auth_retry_budget,
             tuple((k, v) for k, v in fallback.items() if v is not None),
         )
 
@@ -419,29 +413,7 @@ def drive_without_waiting(plan: Plan, attempt: Callable[[DbSecret], C]) -> C | N
 
 
 _lock = threading.Lock()
-_sources: dict[Any, CredentialSource] = {}
 _logins: dict[tuple[int, tuple[tuple[str, Any], ...], float], _Login] = {}
-
-
-def _secret_provider(secret_id: str, ttl: float) -> CredentialSource:
-    from ..provider import SecretProvider
-
-    return SecretProvider(secret_id, ttl=ttl)
-
-
-def _shared_source(key: Any, build: Callable[[], CredentialSource]) -> CredentialSource:
-    with _lock:
-        source = _sources.get(key)
-        if source is None:
-            source = _sources[key] = build()
-            first = len(_sources) == 1
-        else:
-            first = False
-    if first:
-        from .. import snapstart
-
-        snapstart.install()  # under Lambda SnapStart: no secret or connection in the snapshot
-    return source
 
 
 def _shared_login(credentials: _Credentials, endpoint: Mapping[str, Any]) -> _Login:
@@ -459,6 +431,9 @@ def _shared_login(credentials: _Credentials, endpoint: Mapping[str, Any]) -> _Lo
         found = _logins.get(key)
         if found is None or found.login.source is not credentials.source:
             found = _logins[key] = _Login(login, _FailureHold(login))
+    from .. import snapstart
+
+    snapstart.install()  # under Lambda SnapStart: no secret or connection in the snapshot
     return found
 
 
@@ -466,10 +441,8 @@ def _close_all() -> bool:
     """Forget every cached credential and close this backend's pools and this thread's
     connections (the registry's ``close``, before a SnapStart snapshot); whether there was
     anything. Everything is rebuilt on next use."""
-    with _lock:
-        sources = {id(s): s for s in _sources.values()}
-        sources.update({id(v.login.source): v.login.source for v in _logins.values()})
-        _sources.clear()
+    with _lock:  # (the shared sources forget their secrets through snapstart.register too)
+        sources = {id(v.login.source): v.login.source for v in _logins.values()}
         _logins.clear()
     pools = DatabaseWrapper._connection_pools
     aliases = list(pools)
