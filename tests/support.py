@@ -64,6 +64,37 @@ class Refused(Exception):
     pass
 
 
+class StaticSource:
+    """A CredentialSource holding one secret (no AWS): the unit tests of the integrations."""
+
+    def __init__(self, password: str = "S3cret-Value", secret_id: str = "prod/app") -> None:
+        from dbcreds import DbSecret
+
+        self.secret_id = secret_id
+        self.secret = DbSecret(username="app", password=password, host="db.example",
+                               port=5432, dbname="appdb", version_id="v1", secret_id=secret_id)
+        self.fetches = 0
+
+    def get(self) -> Any:
+        return self.secret
+
+    def refresh(self, stale: Any = None) -> Any:
+        self.fetches += 1
+        return self.secret
+
+    def get_pending(self, stale: Any = None) -> Any:
+        return None
+
+    def changed_recently(self, within: float) -> bool:
+        return False
+
+    def invalidate(self) -> None:
+        pass
+
+    def get_stats(self) -> dict[str, Any]:
+        return {}
+
+
 # -- telemetry: what the sinks received ------------------------------------------------------
 
 

@@ -16,42 +16,18 @@ import asyncpg.connect_utils
 import pytest
 
 import dbcreds.asyncpg as dbc_asyncpg
-from dbcreds import AuthenticationFailed, ConfigurationError, DbSecret
+from dbcreds import AuthenticationFailed, ConfigurationError
 from dbcreds.asyncpg import CredentialConnect, Target, target_of_dsn, target_of_kwargs
 from dbcreds.login import PoolLogin
 from dbcreds.tls import ASYNCPG
+from support import StaticSource
 
 PASSWORD = "S3cr3t-Pa55word"
 
 
-class Source:
+def static_source() -> StaticSource:
     """A CredentialSource holding one secret (no AWS)."""
-
-    secret_id = "app/secret"
-
-    def __init__(self, password: str = PASSWORD) -> None:
-        self.secret = DbSecret(host="db.example", port=5432, username="app", password=password,
-                               dbname="appdb", version_id="v1")
-        self.fetches = 0
-
-    def get(self) -> DbSecret:
-        return self.secret
-
-    def refresh(self, stale: DbSecret | None = None) -> DbSecret:
-        self.fetches += 1
-        return self.secret
-
-    def get_pending(self, stale: DbSecret | None = None) -> DbSecret | None:
-        return None
-
-    def changed_recently(self, within: float) -> bool:
-        return False
-
-    def invalidate(self) -> None:
-        pass
-
-    def get_stats(self) -> dict[str, Any]:
-        return {}
+    return StaticSource(PASSWORD, secret_id="app/secret")
 
 
 # -- reading the configuration ----------------------------------------------------------------
@@ -113,7 +89,7 @@ def test_kwargs_refusals(kwargs: dict[str, Any]) -> None:
 
 
 def test_precedence_arguments_over_dsn_over_environment() -> None:
-    connector = CredentialConnect(Source(), sslrootcert="/explicit.pem",
+    connector = CredentialConnect(static_source(), sslrootcert="/explicit.pem",
                                   defaults=Target("env-host", 1, "env-db", None, "/env.pem"))
     target = connector.target("postgresql://dsn-host:2/dsn-db?sslrootcert=/dsn.pem",
                               {"port": 3, "ssl": "verify-full"})
@@ -128,13 +104,13 @@ def login(**kw: Any) -> PoolLogin:
     options: dict[str, Any] = {"host": None, "port": None, "dbname": None, "sslmode": None,
                                "sslrootcert": None, "kwargs": {}, "conninfo": "",
                                "auth_retry_budget": 1.0, "tls_client": ASYNCPG, **kw}
-    return PoolLogin(Source(), **options)
+    return PoolLogin(static_source(), **options)
 
 
 def test_connect_args_translate_the_login_parameters() -> None:
-    connector = CredentialConnect(Source())
+    connector = CredentialConnect(static_source())
     args = connector.connect_args(login(host="proxy.example", dbname="other"),
-                                  Source().secret)
+                                  static_source().secret)
     assert set(args) == {"host", "port", "user", "password", "database", "ssl"}
     assert (args["host"], args["port"], args["user"], args["database"]) == (
         "proxy.example", 5432, "app", "other")
@@ -142,11 +118,12 @@ def test_connect_args_translate_the_login_parameters() -> None:
     assert isinstance(context, ssl.SSLContext)
     assert context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED
     # One context per TLS policy, made once.
-    assert connector.connect_args(login(), Source().secret)["ssl"] is context
+    assert connector.connect_args(login(), static_source().secret)["ssl"] is context
 
 
 def test_disable_is_ssl_false_explicitly(caplog: pytest.LogCaptureFixture) -> None:
-    args = CredentialConnect(Source()).connect_args(login(sslmode="disable"), Source().secret)
+    args = CredentialConnect(static_source()).connect_args(login(sslmode="disable"),
+                                                           static_source().secret)
     assert args["ssl"] is False  # explicit: asyncpg does not read PGSSLMODE
     assert any("TLS is disabled" in r.getMessage() for r in caplog.records)
 
@@ -168,7 +145,7 @@ def test_an_unknown_login_parameter_is_refused(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(PoolLogin, "params", params)
     with pytest.raises(ConfigurationError, match="hostaddr"):
-        CredentialConnect(Source()).connect_args(the_login, Source().secret)
+        CredentialConnect(static_source()).connect_args(the_login, static_source().secret)
 
 
 # -- the failure told to callers --------------------------------------------------------------
@@ -185,7 +162,7 @@ def test_the_failure_is_told_at_once_and_one_login_is_let_through_later() -> Non
         attempts.append(kwargs["password"])
         raise Refused("Passwort-Authentifizierung fehlgeschlagen")  # a localized server
 
-    source = Source()
+    source = static_source()
     connector = CredentialConnect(source, connect=refuse, auth_retry_budget=0.0)
 
     async def scenario() -> list[BaseException]:

@@ -16,8 +16,9 @@ import psycopg2.pool
 import pytest
 
 import dbcreds.psycopg2 as dp
-from dbcreds import AuthenticationFailed, ConfigurationError, DbSecret, _registry
+from dbcreds import AuthenticationFailed, ConfigurationError, _registry
 from dbcreds.tls import TlsClient
+from support import StaticSource
 
 
 class FakeConn:
@@ -107,32 +108,6 @@ def test_the_driver_api_dbcreds_uses() -> None:
 # -- dbcreds' pools on fake connections ---------------------------------------------------------
 
 
-class FakeSource:
-    secret_id = "prod/app"
-
-    def __init__(self) -> None:
-        self.secret = DbSecret(username="u", password="S3cret-Value", host="db.example",
-                               port=5432, dbname="d", version_id="v1")
-
-    def get(self) -> DbSecret:
-        return self.secret
-
-    def refresh(self, stale: DbSecret | None = None) -> DbSecret:
-        return self.secret
-
-    def get_pending(self, stale: DbSecret | None = None) -> DbSecret | None:
-        return None
-
-    def changed_recently(self, within: float) -> bool:
-        return False
-
-    def invalidate(self) -> None:
-        pass
-
-    def get_stats(self) -> dict[str, Any]:
-        return {}
-
-
 @pytest.fixture
 def fake_pool(monkeypatch: pytest.MonkeyPatch) -> Any:
     outcomes: list[Any] = []
@@ -144,7 +119,7 @@ def fake_pool(monkeypatch: pytest.MonkeyPatch) -> Any:
         return outcome
 
     monkeypatch.setattr(dp.Psycopg2Login, "connect", connect)
-    pool = dp.ThreadedConnectionPool(0, 1, provider=FakeSource(), sslrootcert="/ca.pem")
+    pool = dp.ThreadedConnectionPool(0, 1, provider=StaticSource(), sslrootcert="/ca.pem")
     pool.outcomes = outcomes  # type: ignore[attr-defined]
     return pool
 
@@ -200,7 +175,7 @@ def test_the_pools_arguments_are_psycopg2_connects() -> None:
 def test_an_old_libpq_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dp, "PSYCOPG2", TlsClient("psycopg2", lambda: 150004))
     with pytest.raises(ConfigurationError, match=r"libpq 16 or later.*psycopg2-binary"):
-        dp.ThreadedConnectionPool(0, 1, provider=FakeSource(), sslrootcert="/ca.pem")
+        dp.ThreadedConnectionPool(0, 1, provider=StaticSource(), sslrootcert="/ca.pem")
 
 
 def test_without_a_secret_the_environment_configures_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,14 +184,14 @@ def test_without_a_secret_the_environment_configures_it(monkeypatch: pytest.Monk
     with pytest.raises(ConfigurationError, match="DBCREDS_SECRET_ID is not set"):
         dp.connect()
     with pytest.raises(ConfigurationError, match="not both"):
-        dp.connect(secret_id="a", provider=FakeSource())
+        dp.connect(secret_id="a", provider=StaticSource())
 
 
 def test_snapstart_closes_the_default_pool_and_the_shared_sources_forget(fake_pool: Any) -> None:
     from dbcreds import snapstart
     from dbcreds.login import shared_source
 
-    class Counting(FakeSource):
+    class Counting(StaticSource):
         invalidated = 0
 
         def invalidate(self) -> None:
