@@ -162,7 +162,7 @@ class LatencyRelay:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         self.connections += 1
         upstream: asyncio.StreamWriter | None = None
         try:
@@ -174,7 +174,7 @@ class LatencyRelay:
         except (OSError, asyncio.CancelledError):
             pass
         finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
             for w in (writer, upstream):
                 if w is not None:
                     w.close()
