@@ -7,8 +7,8 @@ GetSecretValue pays DNS, TCP and TLS to the endpoint, the request pays a round t
 service's own time, and each login to RDS Proxy pays a TCP connect and a round trip per turn of
 the protocol (SSLRequest, the TLS handshake, startup, SCRAM's three messages, the first query).
 
-`LatencyRelay` is a plain TCP relay (asyncio, in a daemon thread of the process that starts it)
-that models exactly that, and nothing else:
+`LatencyRelay` is a plain TCP relay (threads of the process that starts it) that models exactly
+that, and nothing else:
 
 * **connect**: a new connection's bytes are held for ``connect`` seconds before the relay
   connects upstream and forwards them: the first turn of each new connection pays it (TCP,
@@ -34,9 +34,10 @@ servers directly; code that uses the `LatentStack`'s ``env()`` / ``address()`` p
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -74,8 +75,11 @@ class LatencyModel:
 class LatencyRelay:
     """A TCP relay from ``listen`` (127.0.0.1, a free port) to ``target``, adding latency.
 
-    ``start()`` binds and returns at once (the relay runs in a daemon thread); ``close()`` stops
-    it and closes every relayed connection. ``connections`` counts accepted connections.
+    Threads with blocking sockets (a relay's delays are ``time.sleep`` to an absolute
+    deadline: nanosleep, accurate to a few tens of microseconds, where an event loop's epoll
+    timeout is rounded up to whole milliseconds). ``start()`` binds and returns at once;
+    ``close()`` stops accepting and closes every relayed connection, ending every thread.
+    ``connections`` counts accepted connections.
     """
 
     def __init__(self, target: tuple[str, int], *, connect: float = 0.0, up: float = 0.0,
@@ -87,10 +91,11 @@ class LatencyRelay:
         self.host = host
         self.port = 0
         self.connections = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._listener: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._threads: set[threading.Thread] = set()
+        self._closed = threading.Event()
 
     def __repr__(self) -> str:
         return (f"<LatencyRelay {self.host}:{self.port} -> {self.target[0]}:{self.target[1]} "
@@ -102,55 +107,35 @@ class LatencyRelay:
         return self.host, self.port
 
     def start(self) -> LatencyRelay:
-        if self._thread is not None:
+        if self._listener is not None:
             return self
-        loop = asyncio.new_event_loop()
-        started = threading.Event()
-        failure: list[BaseException] = []
-
-        async def serve() -> None:
-            self._server = await asyncio.start_server(self._handle, self.host, 0)
-            self.port = self._server.sockets[0].getsockname()[1]
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(serve())
-            except BaseException as exc:  # reported by start()
-                failure.append(exc)
-                started.set()
-                return
-            started.set()
-            loop.run_forever()
-            loop.close()
-
-        self._loop = loop
-        self._thread = threading.Thread(target=run, name=f"latency-relay-{self.target[1]}",
-                                        daemon=True)
-        self._thread.start()
-        started.wait()
-        if failure:
-            self._thread.join()
-            self._thread = None
-            raise RuntimeError(f"the latency relay could not start: {failure[0]}")
+        listener = socket.create_server((self.host, 0))
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        self._closed.clear()
+        self._spawn(self._accept, "accept")
         return self
 
     def close(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
+        listener, self._listener = self._listener, None
+        if listener is None:
             return
-
-        async def stop() -> None:
-            if self._server is not None:
-                self._server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-        asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        self._loop = self._thread = None
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=10)
+        for sock in sockets:
+            sock.close()
 
     def __enter__(self) -> LatencyRelay:
         return self.start()
@@ -158,59 +143,78 @@ class LatencyRelay:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- one connection -------------------------------------------------------------------
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self.connections += 1
-        upstream: asyncio.StreamWriter | None = None
+    # -- threads --------------------------------------------------------------------------
+    def _spawn(self, target: Any, what: str, *args: Any) -> None:
+        def run() -> None:
+            try:
+                target(*args)
+            finally:
+                with self._lock:
+                    self._threads.discard(threading.current_thread())
+
+        thread = threading.Thread(target=run, name=f"latency-relay-{self.target[1]}-{what}",
+                                  daemon=True)
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+
+    def _track(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            self._sockets.add(sock)
+
+    def _accept(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        while not self._closed.is_set():
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self._track(client)
+            self._spawn(self._connection, "conn", client, time.monotonic())
+
+    def _connection(self, client: socket.socket, accepted: float) -> None:
+        # The connection's setup: its first bytes wait (the client already sent them).
+        if self._closed.wait(max(0.0, accepted + self.connect - time.monotonic())):
+            return
         try:
-            if self.connect:
-                await asyncio.sleep(self.connect)  # the connection's setup: its bytes wait
-            up_reader, upstream = await asyncio.open_connection(*self.target)
-            await asyncio.gather(self._pipe(reader, upstream, self.up),
-                                 self._pipe(up_reader, writer, self.down))
-        except (OSError, asyncio.CancelledError):
-            pass
-        finally:
-            self._tasks.discard(task)
-            for w in (writer, upstream):
-                if w is not None:
-                    w.close()
+            upstream = socket.create_connection(self.target, timeout=10)
+        except OSError:
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
+            return
+        upstream.settimeout(None)
+        self._track(upstream)
+        self._spawn(self._pipe, "up", client, upstream, self.up)
+        self._pipe(upstream, client, self.down)
 
     @staticmethod
-    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, delay: float) -> None:
-        """Forward src to dst, each chunk ``delay`` seconds after it arrived (in order)."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+    def _pipe(src: socket.socket, dst: socket.socket, delay: float) -> None:
+        """Forward src to dst, each chunk ``delay`` seconds after it was received.
 
-        async def read() -> None:
-            while True:
-                data = await src.read(_CHUNK)
-                await queue.put((loop.time() + delay, data))
+        One thread per direction: a chunk is received, held until its deadline, sent. Bytes
+        that arrived while a chunk was held are received right after it is sent and held for
+        a full ``delay`` again, so a message split in several chunks can pay the delay more
+        than once: never less than the model, at most ``delay`` per extra chunk (rare for the
+        small request/response turns modelled here)."""
+        while True:
+            try:
+                data = src.recv(_CHUNK)
+            except OSError:
+                data = b""
+            if delay:
+                time.sleep(delay)
+            try:
                 if not data:
+                    dst.shutdown(socket.SHUT_WR)
                     return
-
-        reading = asyncio.ensure_future(read())
-        try:
-            while True:
-                due, data = await queue.get()
-                wait = due - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                if not data:
-                    if dst.can_write_eof():
-                        dst.write_eof()
-                    return
-                dst.write(data)
-                await dst.drain()
-        except OSError:
-            return
-        finally:
-            reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await reading
+                dst.sendall(data)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    src.shutdown(socket.SHUT_RDWR)
+                return
 
 
 class LatentStack:
