@@ -158,8 +158,7 @@ def _run_prefetch(source: Any) -> None:
 def _join_prefetch() -> None:
     """Wait for a prefetch in flight, then forget it (the first `get_connection` joins it)."""
     global _prefetch
-    with _prefetch_lock:
-        found = _prefetch
+    found = _prefetch  # the warm path: one read, no lock
     if found is None:
         return
     found.thread.join()
