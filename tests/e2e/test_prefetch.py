@@ -14,7 +14,7 @@ import pytest
 
 import dbcreds
 import dbcreds.pool as pool_module
-from dbcreds_testing import App, LocalStack
+from dbcreds_testing import App, LocalStack, wait_until
 from dbcreds_testing.latency import LatencyModel
 
 
@@ -64,7 +64,8 @@ def test_prefetch_joins_one_fetch_and_leaves_no_thread(stack: LocalStack,
 
 def test_the_waits_overlap_the_work_that_follows(stack: LocalStack, lambda_env: App,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """Under a slow network the fetch and the first login happen while the caller works."""
+    """Under a slow network the fetch and the first login go on while the caller works: both
+    are done before the first get_connection() is called, which then waits for neither."""
     model = LatencyModel(secrets_connect=0.15, secrets_request=0.15, proxy_connect=0.05,
                          proxy_rtt=0.02)
     with stack.latency(model) as slow:
@@ -75,14 +76,21 @@ def test_the_waits_overlap_the_work_that_follows(stack: LocalStack, lambda_env: 
         dbcreds.prefetch()
         import psycopg_pool  # noqa: F401  (what a handler's module imports next)
 
-        done = threading.Event()
-        done.wait(0.8)  # the rest of INIT: the application's own work (not a synchronisation)
+        def first_connection_ready() -> bool:
+            pool = pool_module._default
+            return pool is not None and pool.get_stats().get("pool_available", 0) >= 1
+
+        # The rest of INIT: the caller never calls dbcreds while the background work runs.
+        wait_until(first_connection_ready, timeout=30, what="the prefetched first connection")
+        assert fetches(stack, lambda_env) == 1
+        assert slow.proxy_relay.connections == 1
         t0 = time.perf_counter()
         with dbcreds.get_connection(timeout=30) as conn:
             conn.execute("select 1")
         waited = time.perf_counter() - t0
+        assert slow.proxy_relay.connections == 1  # the prefetched connection, no other
     assert fetches(stack, lambda_env) == 1
-    # Without the prefetch this would pay the handshake, the request and the login (>= 0.5 s).
+    # No fetch, no login left: only the pool's check and the query (2 round trips).
     assert waited < model.secrets_connect + model.secrets_request, waited
 
 
