@@ -277,8 +277,30 @@ def cold_section(c: dict[str, Any]) -> list[str]:
                 "",
             ]
         lines += [*_cold_table(lat), ""]
+    what_if = c.get("what_if")
+    if what_if is not None:
+        wm = what_if["model_ms"]
+        wv = what_if["variants"]
+        lines += [
+            "### 1c. What if the first GetSecretValue were slower",
+            "",
+            "Not a published figure: the same run with a first GetSecretValue of "
+            f"{wm['secrets_connect'] + wm['secrets_request']:g} ms "
+            f"({wm['secrets_connect']:g} ms per new connection + {wm['secrets_request']:g} ms "
+            "per request; a NAT gateway, a KMS key's first decryption, ...), the proxy as "
+            "above; the seed, dbcreds with and without prefetch and the floor, interleaved.",
+            "",
+            *_cold_table(wv),
+            "",
+            f"dbcreds with boto3 vs the seed's code: **{wv['dbcreds (boto3)']['vs_seed']:.3f}x** "
+            f"with prefetch, {wv['dbcreds (boto3, no prefetch)']['vs_seed']:.3f}x without: "
+            "prefetch hides the fetch's wait up to the CPU work that follows it (here psycopg's "
+            "and psycopg_pool's imports).",
+            "",
+        ]
     boto = loop["dbcreds (boto3)"]
-    lines += ["Goals (init medians, each against its own interleaved run):", ""]
+    lines += ["Goals (init medians, each against its own interleaved run, sections 1a and 1b):",
+              ""]
     if lat is not None:
         lb = lat["dbcreds (boto3)"]
         lines.append(
@@ -343,7 +365,9 @@ def cold_section(c: dict[str, Any]) -> list[str]:
         "Per-run init times (ms):",
         "",
     ]
-    for label, v in (("loopback", loop), ("latency", lat)):
+    runs_by_label = (("loopback", loop), ("latency", lat),
+                     ("what-if", (what_if or {}).get("variants")))
+    for label, v in runs_by_label:
         if v is None:
             continue
         for name, row in v.items():
