@@ -53,11 +53,12 @@ def compile_bytecode() -> None:
 
 
 @contextmanager
-def extension_stub(stack: Any, tmp: Path) -> Iterator[int]:
-    """The extension stand-in (benchmarks/extension_stub.py) as a process; yields its port."""
+def extension_stub(stack: Any, tmp: Path, aws_env: dict[str, str] | None = None) -> Iterator[int]:
+    """The extension stand-in (benchmarks/extension_stub.py) as a process; yields its port.
+    *aws_env*: the Secrets Manager endpoint it calls (a latency relay's), else the stack's."""
     port_file = tmp / "stub.port"
     port_file.unlink(missing_ok=True)
-    env = child_env(stack, STUB_TOKEN=STUB_TOKEN)
+    env = child_env(stack, STUB_TOKEN=STUB_TOKEN, **(aws_env or {}))
     proc = subprocess.Popen([sys.executable, str(HERE / "extension_stub.py"), "--port-file",
                              str(port_file)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

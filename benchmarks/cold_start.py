@@ -13,6 +13,7 @@ credentials and running its first query; the endpoint counts the GetSecretValue 
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -39,6 +40,12 @@ os._exit(0)
 CONNECT = ("conn = psycopg.connect(host=E['BENCH_HOST'], port=E['BENCH_PORT'], "
            "dbname=creds['dbname'], user=creds['username'], password=creds['password'])\n")
 
+DBCREDS = """
+import dbcreds
+dbcreds.prefetch()
+conn = dbcreds.get_connection().__enter__()
+"""
+
 VARIANTS: dict[str, str] = {
     # The seed story's application code: boto3 get_secret_value, then connect.
     "seed (boto3 + psycopg.connect)": """
@@ -49,18 +56,14 @@ client = boto3.client("secretsmanager")
 secret = client.get_secret_value(SecretId=E["BENCH_SECRET_ID"])
 creds = json.loads(secret["SecretString"])
 """ + CONNECT,
-    "dbcreds (boto3)": """
+    # The README's Lambda example with its documented prefetch call (top of the module).
+    "dbcreds (boto3)": DBCREDS,
+    "dbcreds (boto3, no prefetch)": """
 import dbcreds
 conn = dbcreds.get_connection().__enter__()
 """,
-    "dbcreds (extension, cold cache)": """
-import dbcreds
-conn = dbcreds.get_connection().__enter__()
-""",
-    "dbcreds (extension, warm cache)": """
-import dbcreds
-conn = dbcreds.get_connection().__enter__()
-""",
+    "dbcreds (extension, cold cache)": DBCREDS,
+    "dbcreds (extension, warm cache)": DBCREDS,
     "aws-secretsmanager-caching + psycopg": """
 import json
 import boto3
@@ -84,16 +87,17 @@ SEED = "seed (boto3 + psycopg.connect)"
 FLOOR = "floor (psycopg.connect, password known)"
 
 
-def _envs(stack: Any, app: Any, stub_port: int) -> dict[str, dict[str, str]]:
-    host, port = stack.address("rds_proxy")
+def _envs(stack: Any, app: Any, stub_port: int, net: Any) -> dict[str, dict[str, str]]:
+    """Each variant's environment; *net*: the stack (loopback) or a `LatentStack` (latency)."""
+    host, port = net.address("rds_proxy")
     base = child_env(stack, BENCH_SECRET_ID=app.secret_id, BENCH_HOST=host,
-                     BENCH_PORT=str(port), BENCH_DBNAME=stack.dbname)
+                     BENCH_PORT=str(port), BENCH_DBNAME=stack.dbname, **net.env())
     dbc = {**base, "DBCREDS_SECRET_ID": app.secret_id, "DBCREDS_HOST": host,
            "DBCREDS_PORT": str(port)}
     ext = {**dbc, "PARAMETERS_SECRETS_EXTENSION_HTTP_PORT": str(stub_port),
            "AWS_SESSION_TOKEN": STUB_TOKEN}
     envs = {name: base for name in VARIANTS}
-    envs["dbcreds (boto3)"] = dbc
+    envs["dbcreds (boto3)"] = envs["dbcreds (boto3, no prefetch)"] = dbc
     envs["dbcreds (extension, cold cache)"] = ext
     envs["dbcreds (extension, warm cache)"] = ext
     envs[FLOOR] = {**base, "BENCH_USER": app.username, "BENCH_PASSWORD": app.password}
@@ -113,12 +117,83 @@ def _run_once(code: str, env: dict[str, str]) -> dict[str, Any]:
 
 
 def cold_start(stack: Any, tmp: Any, runs: int = 12, warmup: int = 2) -> dict[str, Any]:
+    """The interleaved variants twice: on loopback, then under the latency model."""
+    from dbcreds_testing.latency import LatencyModel
+
     app = stack.new_app("bench_cold")
-    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
-    with extension_stub(stack, tmp) as stub_port:
-        envs = _envs(stack, app, stub_port)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    out: dict[str, Any] = {"runs": runs, "warmup": warmup}
+    out["loopback"] = _cold_run(stack, app, tmp, stack, runs, warmup)
+    model = LatencyModel()
+    with stack.latency(model) as slow:
+        out["latency"] = _cold_run(stack, app, tmp, slow, runs, warmup)
+        out["latency"]["model_ms"] = model.as_ms()
+        out["calibration"] = {"n": 11, "loopback": _calibrate(stack, app, stack, 11),
+                              "latency": _calibrate(stack, app, slow, 11)}
+    # What-if (not a published figure): a first GetSecretValue of 120 ms (NAT gateway, a
+    # cold KMS key, ...), the proxy as in the model; the seed, dbcreds with and without
+    # prefetch and the floor only.
+    slower = LatencyModel(secrets_connect=0.060, secrets_request=0.060)
+    with stack.latency(slower) as slow:
+        out["what_if"] = _cold_run(stack, app, tmp, slow, runs, warmup, only=WHAT_IF)
+        out["what_if"]["model_ms"] = slower.as_ms()
+    out["load"] = {"start": load, "end": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    stack.rds_proxy.unwatch(app.secret_id)
+    return out
+
+
+CALIBRATE = """
+import json, os, statistics, sys, time
+import boto3, psycopg
+E = os.environ
+sm, login, query = [], [], []
+for _ in range(int(E["BENCH_N"])):
+    client = boto3.session.Session().client("secretsmanager")
+    t0 = time.perf_counter()
+    client.get_secret_value(SecretId=E["BENCH_SECRET_ID"], VersionStage="AWSCURRENT")
+    sm.append((time.perf_counter() - t0) * 1000)
+    client.close()
+    t0 = time.perf_counter()
+    conn = psycopg.connect(host=E["BENCH_HOST"], port=E["BENCH_PORT"], dbname=E["BENCH_DBNAME"],
+                           user=E["BENCH_USER"], password=E["BENCH_PASSWORD"])
+    t1 = time.perf_counter()
+    conn.execute("select 1").fetchone()
+    t2 = time.perf_counter()
+    conn.close()
+    login.append((t1 - t0) * 1000)
+    query.append((t2 - t1) * 1000)
+m = statistics.median
+print(json.dumps({"sm_ms": m(sm), "login_ms": m(login), "query_ms": m(query)}))
+"""
+
+
+def _calibrate(stack: Any, app: Any, net: Any, n: int) -> dict[str, float]:
+    """What one fetch (boto3, a fresh client), one login through the proxy (verify-full) and
+    one query cost through *net*: medians of *n* in a child process (as the variants run),
+    i.e. the latency the relays actually add on this machine."""
+    host, port = net.address("rds_proxy")
+    env = child_env(stack, BENCH_SECRET_ID=app.secret_id, BENCH_HOST=host, BENCH_PORT=str(port),
+                    BENCH_DBNAME=stack.dbname, BENCH_USER=app.username,
+                    BENCH_PASSWORD=app.password, BENCH_N=str(n), **net.env())
+    done = subprocess.run([sys.executable, "-c", CALIBRATE], env=env, capture_output=True,
+                          text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"calibration failed: {done.stderr[-2000:]}")
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+WHAT_IF = (SEED, "dbcreds (boto3)", "dbcreds (boto3, no prefetch)", FLOOR)
+
+
+def _cold_run(stack: Any, app: Any, tmp: Any, net: Any, runs: int, warmup: int,
+              only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    names = [name for name in VARIANTS if only is None or name in only]
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    with extension_stub(stack, tmp, net.env()) as stub_port:
+        envs = _envs(stack, app, stub_port, net)
         for round_no in range(warmup + runs):
-            order = list(VARIANTS)
+            order = list(names)
             random.shuffle(order)
             for name in order:
                 if name == "dbcreds (extension, cold cache)":
@@ -129,7 +204,6 @@ def cold_start(stack: Any, tmp: Any, runs: int = 12, warmup: int = 2) -> dict[st
                 result = _run_once(VARIANTS[name], envs[name])
                 if round_no >= warmup:
                     samples[name].append(result)
-    stack.rds_proxy.unwatch(app.secret_id)
     table: dict[str, dict[str, Any]] = {}
     for name, rows in samples.items():
         table[name] = {
@@ -146,7 +220,7 @@ def cold_start(stack: Any, tmp: Any, runs: int = 12, warmup: int = 2) -> dict[st
         row["vs_floor"] = row["init_ms"] / table[FLOOR]["init_ms"]
         row["process_vs_seed"] = row["process_ms"] / table[SEED]["process_ms"]
         row["process_vs_floor"] = row["process_ms"] / table[FLOOR]["process_ms"]
-    return {"runs": runs, "warmup": warmup, "variants": table}
+    return {"variants": table}
 
 
 def _prime(port: int, secret_id: str) -> None:

@@ -180,12 +180,16 @@ def _credential_connection_class(base: type[CT], pool: CredentialPool[CT]) -> ty
 # -- the default pool of get_connection() -------------------------------------------------
 
 
-def build_pool(settings: Settings, *, open: bool = True) -> CredentialPool:
-    """The pool *settings* describe (the default pool of `get_connection`), opened."""
+def build_pool(settings: Settings, *, open: bool = True,
+               source: CredentialSource | None = None) -> CredentialPool:
+    """The pool *settings* describe (the default pool of `get_connection`), opened; *source*:
+    the credential source to use (`dbcreds.prefetch` made it), else a new one."""
     extra: dict[str, Any] = {}
     if settings.pool_check:
         extra["check"] = CredentialPool.check_connection
-    return CredentialPool(source_for(settings), **settings.pool_options(), open=open, **extra)
+    if source is None:
+        source = source_for(settings)
+    return CredentialPool(source, **settings.pool_options(), open=open, **extra)
 
 
 _default: CredentialPool | None = None
@@ -198,6 +202,12 @@ def default_pool() -> CredentialPool:
     Lambda reuses the process between invocations, so the pool (and its connections, and the
     cached secret) outlive the invocation that made them.
     """
+    return _default_pool(None)
+
+
+def _default_pool(prefetched: tuple[Settings, CredentialSource] | None) -> CredentialPool:
+    """`default_pool`; *prefetched*: the settings and source `dbcreds.prefetch` made (the
+    source is used when the settings are still those of the environment)."""
     global _default
     pool = _default
     if pool is not None:
@@ -205,7 +215,9 @@ def default_pool() -> CredentialPool:
     with _default_lock:
         if _default is not None:
             return _default
-        _default = pool = build_pool(Settings.from_env())
+        settings = Settings.from_env()
+        source = prefetched[1] if prefetched and prefetched[0] == settings else None
+        _default = pool = build_pool(settings, source=source)
     from . import snapstart
 
     snapstart.install()  # under Lambda SnapStart: no secret or connection in the snapshot

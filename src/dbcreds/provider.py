@@ -160,6 +160,15 @@ class SecretProvider:
         """
         return self._get(AWSPENDING, force=stale is not None, stale=stale)
 
+    def prepare(self) -> None:
+        """Choose the transport and, when it is boto3, create the client now (no request).
+
+        `dbcreds.prefetch` calls it in the caller's thread: the client's creation is CPU work
+        that the first request waits for. A configuration error is raised as `get` would.
+        """
+        if self._default_fetcher() == self._get_secret_value:
+            self._create_client()
+
     def invalidate(self) -> None:
         """Forget every cached value (the next `get` fetches). Used after a SnapStart restore."""
         with self._lock:

@@ -190,6 +190,14 @@ class LocalStack:
             "secrets_manager": {"url": self.secrets.url, "region": self.secrets.region},
         }
 
+    def latency(self, model: Any = None) -> Any:
+        """``with stack.latency() as slow:`` the Secrets Manager endpoint and the RDS Proxy
+        stand-in behind latency relays (`dbcreds_testing.latency`; *model*: a `LatencyModel`,
+        its defaults when None). The stack itself is unchanged."""
+        from .latency import latent
+
+        return latent(self, model)
+
     def address(self, via: Via = "postgres") -> tuple[str, int]:
         if via == "postgres":
             return self.postgres.host, self.postgres.port
