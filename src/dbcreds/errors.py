@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from typing_extensions import Self
+if TYPE_CHECKING:  # (typing_extensions costs a cold start milliseconds: typing only)
+    from typing_extensions import Self
 
 __all__ = [
     "MASK",

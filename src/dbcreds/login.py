@@ -35,7 +35,6 @@ imports psycopg or psycopg_pool (psycopg's ``conninfo_to_dict`` is imported when
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import random
@@ -375,6 +374,8 @@ async def drive_async(plan: Plan, attempt: Callable[[DbSecret], Awaitable[C]]) -
     The plan is advanced in a worker thread (its steps may call Secrets Manager); *attempt*
     (an ``AsyncConnection.connect``) and the waits run on the loop.
     """
+    import asyncio  # here: a sync-only process (psycopg2, SQLAlchemy sync) never loads it
+
     with telemetry.span("dbcreds.login") as span:
         step = await asyncio.to_thread(advance, plan, None)
         _name_span(span, step)
@@ -384,6 +385,8 @@ async def drive_async(plan: Plan, attempt: Callable[[DbSecret], Awaitable[C]]) -
 async def _drive_async(
     plan: Plan, step: Step | Done, attempt: Callable[[DbSecret], Awaitable[C]]
 ) -> C:
+    import asyncio
+
     while True:
         if isinstance(step, Done):  # pragma: no cover - a plan ends only after a success
             raise RuntimeError("login plan ended without a successful login")
