@@ -142,7 +142,8 @@ def render(r: dict[str, Any]) -> str:
             if measured is not None:  # each section says when and how it was measured
                 lines[1:1] = ["", f"*Measured {measured['date']} by `{measured['command']}`.*"]
             out += lines
-    out += [f"Total benchmark time: {r['elapsed_s']} s. Raw figures: `results.json`.", ""]
+    out += [f"The last run (`{r['command']}`) took {r['elapsed_s']} s. "
+            "Raw figures: `results.json`.", ""]
     return "\n".join(out)
 
 
