@@ -67,7 +67,7 @@ def get_connection(timeout: float | None = None) -> Any:
     """
     from .pool import get_connection as _get_connection  # psycopg: overlaps a prefetch
 
-    _join_prefetch()  # a dbcreds.prefetch() in flight builds the default pool: wait for it
+    _join_prefetch(timeout)  # a dbcreds.prefetch() in flight builds the default pool
     return _get_connection(timeout)
 
 
@@ -155,13 +155,21 @@ def _run_prefetch(source: Any) -> None:
         return
 
 
-def _join_prefetch() -> None:
-    """Wait for a prefetch in flight, then forget it (the first `get_connection` joins it)."""
+def _join_prefetch(timeout: float | None = None) -> None:
+    """Wait for a prefetch in flight, then forget it (the first `get_connection` joins it).
+
+    Within *timeout*, as `get_connection` without a prefetch waits for its pool: past it,
+    psycopg_pool's ``PoolTimeout`` (the prefetch goes on; a later call joins it)."""
     global _prefetch
     found = _prefetch  # the warm path: one read, no lock
     if found is None:
         return
-    found.thread.join()
+    found.thread.join(timeout)
+    if found.thread.is_alive():
+        from psycopg_pool import PoolTimeout
+
+        raise PoolTimeout(f"couldn't get a connection after {timeout:.2f} sec (the secret "
+                          "fetch started by dbcreds.prefetch() is still under way)")
     with _prefetch_lock:
         if _prefetch is found:
             _prefetch = None

@@ -68,7 +68,9 @@ class Settings:
     auth_retry_budget: float = 5.0
     iam_user: str | None = None
     pool_max_lifetime: float = 3600.0
-    secret_keys: Mapping[str, str] | None = None
+    #: the secret's own key names as sorted ``(field, key)`` pairs (hashable: settings key
+    #: the process's shared sources)
+    secret_keys: tuple[tuple[str, str], ...] | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -115,7 +117,7 @@ class Settings:
             auth_retry_budget=_env.number(env, "DBCREDS_AUTH_RETRY_BUDGET", 5.0, low=0),
             iam_user=iam_user,
             pool_max_lifetime=_env.number(env, "DBCREDS_POOL_MAX_LIFETIME", 3600.0, above=0),
-            secret_keys=_env.key_map(env, "DBCREDS_SECRET_KEYS"),
+            secret_keys=_pairs(_env.key_map(env, "DBCREDS_SECRET_KEYS")),
         )
 
     def pool_options(self) -> dict[str, Any]:
@@ -131,3 +133,7 @@ class Settings:
             "max_size": self.pool_max_size,
             "max_lifetime": self.pool_max_lifetime,
         }
+
+
+def _pairs(mapping: Mapping[str, str] | None) -> tuple[tuple[str, str], ...] | None:
+    return None if mapping is None else tuple(sorted(mapping.items()))

@@ -328,7 +328,8 @@ class ExtensionTransport:
                 with self._lock:
                     self._stats["extension"] += 1
                     self._stats["refreshed"] += 1
-                    self._fresh_until.pop(secret_id, None)  # the server's copy is this one
+                    if stage == AWSCURRENT:  # the server's AWSCURRENT is this fresh one
+                        self._fresh_until.pop(secret_id, None)
                 return response
         if stage == AWSCURRENT:
             with self._lock:

@@ -452,7 +452,8 @@ def source_for(settings: Settings) -> CredentialSource:
         )
     from .provider import SecretProvider
 
-    return SecretProvider(settings.secret_id, ttl=settings.secret_ttl, keys=settings.secret_keys)
+    return SecretProvider(settings.secret_id, ttl=settings.secret_ttl,
+                          keys=dict(settings.secret_keys or ()))
 
 
 @dataclass(frozen=True)
@@ -669,10 +670,15 @@ class PoolLogin:
                                tls.describe())
 
     def params(
-        self, conninfo: str, kwargs: Mapping[str, Any], secret: DbSecret
+        self, conninfo: str, kwargs: Mapping[str, Any], secret: DbSecret,
+        endpoint: Mapping[str, Any] | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """(conninfo, kwargs) for ``connect`` logging in with *secret*, from the conninfo and
         kwargs that psycopg_pool resolved for this attempt.
+
+        *endpoint*: host/port/dbname of this very attempt that win over the secret's and the
+        fixed overrides (an integration whose per-connection arguments are configuration, such
+        as a SQLAlchemy URL and ``connect_args``).
 
         A configuration that no retry heals (a Unix-domain socket with TLS, TLS settings or
         an endpoint the source refuses) raises `UntrustedServer`, no host from either the
@@ -683,7 +689,8 @@ class PoolLogin:
             tls = self.tls_for(conninfo, kwargs)
         except ConfigurationError as exc:
             self._refuse("the server", "the pool's TLS settings are refused", exc)
-        params = {**kwargs, **secret.connect_kwargs(), **self.overrides, **tls.params}
+        params = {**kwargs, **secret.connect_kwargs(), **self.overrides, **(endpoint or {}),
+                  **tls.params}
         everything = {**_conninfo_to_dict(conninfo), **params}
         if not everything.get("host") and not everything.get("hostaddr"):
             raise_clean(ConfigurationError(

@@ -199,13 +199,13 @@ class SecretProvider:
         transport, Secrets Manager failing). A ``PutSecretValue`` by hand is not a rotation:
         a wrong password written a moment ago still fails at once."""
         now = self._clock()
-        with self._lock:
+        with self._lock:  # one DescribeSecret at a time: the others use the last answer
             asked = self._rotated_at_checked
-            if asked is not None and now - asked[0] < self.pending_ttl:
-                rotated = asked[1]
-            else:
-                rotated = None
-        if asked is None or now - asked[0] >= self.pending_ttl:
+            due = asked is None or now - asked[0] >= self.pending_ttl
+            rotated = asked[1] if asked is not None else None
+            if due:
+                self._rotated_at_checked = (now, rotated)  # claimed: no second caller asks
+        if due:
             rotated = self._last_rotated()
             with self._lock:
                 self._rotated_at_checked = (now, rotated)
@@ -234,24 +234,27 @@ class SecretProvider:
     # -- the flight ---------------------------------------------------------------------
 
     def _get(self, stage: str, *, force: bool, stale: DbSecret | None) -> DbSecret | None:
-        with self._lock:
+        flight: Future[_Entry] | None = None
+        leader = False
+        with self._lock:  # one decision: a hit, a flight to join, or a flight to lead
             entry = self._cache.get(stage)
             hit = entry is not None and (
                 not force or (stale is not None and entry.secret is not stale)
             )
             if hit:
                 self._stats["cache_hits"] += 1
-        if hit:
+            else:
+                flight = self._flights.get(stage)
+                leader = flight is None
+                if flight is None:
+                    flight = self._flights[stage] = Future()
+                else:
+                    self._stats["joined_flights"] += 1
+        if hit:  # reported outside the lock (a sink may write a line)
             telemetry.count(telemetry.CACHE_HITS, {"stage": stage})
             assert entry is not None
             return entry.secret
-        with self._lock:
-            flight = self._flights.get(stage)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[stage] = Future()
-            else:
-                self._stats["joined_flights"] += 1
+        assert flight is not None
         if not leader:
             return flight.result().secret
         try:

@@ -141,7 +141,7 @@ class EngineLogin:
         self._raise_if_failed()
 
         def attempt(secret: DbSecret) -> C:
-            info, params = self.credentials.params(conninfo, kwargs, secret)
+            info, params = self.credentials.params(conninfo, kwargs, secret, _endpoint(kwargs))
             return connect(info, **params)
 
         try:
@@ -160,7 +160,7 @@ class EngineLogin:
         self._raise_if_failed()
 
         async def attempt(secret: DbSecret) -> C:
-            info, params = self.credentials.params(conninfo, kwargs, secret)
+            info, params = self.credentials.params(conninfo, kwargs, secret, _endpoint(kwargs))
             return await connect(info, **params)
 
         try:
@@ -194,6 +194,12 @@ class EngineLogin:
 
 
 # -- configuration --------------------------------------------------------------------------
+
+
+def _endpoint(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """host/port/dbname of one connection's arguments (the URL, ``connect_args``, what a
+    ``do_connect`` listener set): configuration, which wins over the secret's."""
+    return {k: kwargs[k] for k in ("host", "port", "dbname") if kwargs.get(k)}
 
 
 def _login_for(

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import sys
 import threading
@@ -63,6 +64,8 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import IO, Any, Protocol
 
 from . import _env
+
+logger = logging.getLogger("dbcreds.telemetry")
 
 __all__ = [
     "CACHE_HITS", "FETCHES", "FETCH_DURATION", "LOGIN_FAILURES", "LOGIN_REFUSED",
@@ -199,18 +202,21 @@ def _configure_from_env() -> None:
         if _configured:
             return
         _configured = True  # first, so that a bad value is reported once, not per event
+    # The first event may come from anywhere (a pool's worker, a prefetch thread): a bad
+    # setting is logged there, once, naming the variable, and telemetry stays off; it is
+    # not raised into the unrelated operation that happened to report first.
     raw = _env.text(os.environ, "DBCREDS_TELEMETRY") or "off"
     modes = {m.strip().lower() for m in raw.split(",") if m.strip()}
     if not modes <= set(_MODES) or ("off" in modes and len(modes) > 1):
-        from .errors import ConfigurationError
-
-        raise ConfigurationError(
-            "DBCREDS_TELEMETRY must be off, otel, emf or otel,emf"
-        )
-    if "otel" in modes:
-        use_opentelemetry()
-    if "emf" in modes:
-        use_emf()
+        logger.error("DBCREDS_TELEMETRY must be off, otel, emf or otel,emf: telemetry is off")
+        return
+    try:
+        if "otel" in modes:
+            use_opentelemetry()
+        if "emf" in modes:
+            use_emf()
+    except Exception as exc:
+        logger.error("DBCREDS_TELEMETRY=%s: telemetry is off: %s", ",".join(sorted(modes)), exc)
 
 
 # -- OpenTelemetry ------------------------------------------------------------------------------

@@ -162,11 +162,11 @@ def dbcreds_app(
 
 
 def _close_defaults() -> None:
-    """Close the default pools a test's code opened (they hold this test's secret)."""
-    import dbcreds
+    """Close every process-wide default a test's code opened (the default pools of
+    ``get_connection()``, ``get_async_connection()``, ``dbcreds.psycopg2``, the SQLAlchemy
+    engines' and Django's: they hold this test's secret): the registry SnapStart uses."""
+    from dbcreds._registry import registered_defaults
 
-    dbcreds.close_default_pool()
-    from dbcreds import aio
-
-    with contextlib.suppress(Exception):
-        aio._close_default_outside_loop()
+    for default in registered_defaults():
+        with contextlib.suppress(Exception):
+            default.close()

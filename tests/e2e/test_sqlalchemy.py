@@ -298,6 +298,35 @@ def test_the_urls_host_port_and_database_win_over_the_secrets(
         assert conn.execute(text("select current_database()")).scalar_one() == stack.dbname
 
 
+def test_connect_args_name_the_endpoint_for_sync_and_async_engines_alike(
+    stack: Any, app: Any, engines: list[Any]
+) -> None:
+    """``connect_args`` are configuration, as the URL is: a host/port they name wins over the
+    secret's, for a sync engine (do_connect) and an asyncio one (async_creator) alike."""
+    stack.put_current(app.secret_id, stack.secret_doc(
+        app.username, app.password, host="nowhere.invalid", port=1))
+    server = stack.rds_proxy
+    where = {"host": server.host, "port": server.port}
+    engine = dsa.create_engine(f"postgresql+psycopg:///{stack.dbname}",
+                               provider=SecretProvider(app.secret_id), connect_args=where)
+    engines.append(engine)
+    with engine.connect() as conn:
+        assert conn.connection.dbapi_connection.info.port == server.port  # type: ignore[union-attr]
+
+    async def scenario() -> int:
+        aengine = dsa.create_async_engine(f"postgresql+psycopg:///{stack.dbname}",
+                                          provider=SecretProvider(app.secret_id),
+                                          connect_args=where)
+        try:
+            async with aengine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                return int(raw.driver_connection.info.port)  # type: ignore[union-attr]
+        finally:
+            await aengine.dispose()
+
+    assert run(scenario()) == server.port
+
+
 def test_the_environment_configures_an_engine_without_arguments(
     stack: Any, app: Any, engines: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -268,3 +268,18 @@ def test_no_describe_through_another_transport() -> None:
     provider = SecretProvider("s", fetcher=sm, clock=Clock())
     provider.get()
     assert not provider.rotated_recently(60)
+
+
+def test_an_environment_with_a_key_mapping_configures_a_shared_source(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``login.configure()`` (every integration's way to its credentials) keys the process's
+    shared sources by the settings: a key mapping among them must not break that."""
+    from dbcreds.login import configure
+
+    monkeypatch.setenv("DBCREDS_SECRET_ID", "prod/mapped")
+    monkeypatch.setenv("DBCREDS_SECRET_KEYS", "username=user,password=pass")
+    monkeypatch.delenv("DBCREDS_IAM_USER", raising=False)
+    first = configure()
+    assert configure().source is first.source  # one per process
+    assert first.source.keys == {"username": "user", "password": "pass"}  # type: ignore[attr-defined]

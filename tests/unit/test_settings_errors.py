@@ -190,7 +190,8 @@ def test_good_values_parse() -> None:
         "DBCREDS_SSLMODE": "VERIFY-FULL", "DBCREDS_SSLROOTCERT": " system ",
         "DBCREDS_SECRET_KEYS": " username = user, dbname=database ",
     })  # fmt: skip
-    assert s.secret_keys == {"username": "user", "dbname": "database"}
+    assert s.secret_keys == (("dbname", "database"), ("username", "user"))
+    assert hash(s)  # settings key the process's shared sources
     assert (s.port, s.secret_ttl, s.auth_retry_budget, s.pool_max_lifetime) == (
         6432, 100.0, 2.5, 0.5)
     assert (s.pool_min_size, s.pool_max_size, s.pool_check) == (0, 4, False)
