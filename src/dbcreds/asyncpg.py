@@ -223,13 +223,16 @@ class _Login:
 
     def done(self, probe: bool, failure: DbcredsError | None) -> None:
         """A login worked (*failure* None) or the plan gave up with *failure*."""
+        first = failure is not None and self.login.failure is None
         self.login.set_failure(failure)
         with self._mutex:
             if probe:
                 self._probing = False
             if failure is None:
                 self._pause = FAILED_RETRY[0]
-            else:
+            elif probe or first:
+                # The pause grows once per verdict on a retry (or at the first failure), not
+                # once per connection that failed together (the first retry after 1 s).
                 self._later()
 
     def interrupted(self, probe: bool) -> None:

@@ -28,8 +28,9 @@ nothing             ``sslmode=verify-full`` against the *default trust*: for the
                     random passwords of rotation defeat). An IAM token is sent as a cleartext
                     password: refused (`ConfigurationError`).
 ``disable``         no TLS: an explicit downgrade, for local development only. Logged as a
-                    warning (by the pools at every start). A password still never travels in
-                    clear (SCRAM only); an IAM token is refused.
+                    warning (by the pools at every start). Through libpq a password still
+                    never travels in clear (SCRAM only); asyncpg, which has no libpq, sends it
+                    in clear if the server asks (its warning says so); an IAM token is refused.
 ``allow``,          refused: they fall back to plaintext without saying so.
 ``prefer``
 ==================  ============================================================================

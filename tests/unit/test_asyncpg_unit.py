@@ -214,3 +214,17 @@ def test_import_loads_neither_psycopg_nor_boto3() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+def test_connections_failing_together_grow_the_pause_once() -> None:
+    """Ten connections whose logins the plan gave up together: the next login is let through
+    after the first pause (1 s), not after a pause doubled ten times."""
+    from dbcreds.asyncpg import FAILED_RETRY, _Login
+
+    gate = _Login(PoolLogin(static_source(), host=None, port=None, dbname=None, sslmode=None,
+                            sslrootcert="/ca.pem", kwargs={}, auth_retry_budget=0.0,
+                            tls_client=ASYNCPG))
+    failure = AuthenticationFailed("app/secret", "refused")
+    for _ in range(10):
+        gate.done(False, failure)
+    assert gate._pause == FAILED_RETRY[0] * 2  # grew once: the next pause after the retry

@@ -459,6 +459,9 @@ def _close_all() -> bool:
     for conn in opened:
         if isinstance(conn, DatabaseWrapper):
             conn.close()
+            renewed, conn._renewed = conn._renewed, None
+            if renewed is not None:  # a replacement made ahead of CONN_MAX_AGE: not Django's
+                renewed[1].close()
     return bool(sources or aliases)
 
 
