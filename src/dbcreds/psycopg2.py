@@ -267,19 +267,22 @@ class _CredentialPoolMixin:
     max_lifetime: float | None
     check: bool
 
-    def _setup(
+    def __init__(
         self,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        *,
-        secret_id: str | None,
-        provider: CredentialSource | None,
-        sslmode: str | None,
-        sslrootcert: str | None,
-        auth_retry_budget: float | None,
-        max_lifetime: float | None,
-        check: bool,
+        minconn: int,
+        maxconn: int,
+        *args: Any,
+        secret_id: str | None = None,
+        provider: CredentialSource | None = None,
+        sslmode: str | None = None,
+        sslrootcert: str | None = None,
+        auth_retry_budget: float | None = None,
+        max_lifetime: float | None = None,
+        check: bool = False,
+        **kwargs: Any,
     ) -> None:
+        """The login side, then psycopg2's pool (*args*, *kwargs*: ``psycopg2.connect``'s,
+        which are the login's: psycopg2's pool gets only the sizes)."""
         if max_lifetime is not None and not max_lifetime > 0:
             raise ValueError("max_lifetime must be a positive number of seconds, or None")
         dsn, connection_factory, cursor_factory, params = _connect_args(*args, **kwargs)
@@ -292,6 +295,8 @@ class _CredentialPoolMixin:
         self.max_lifetime = max_lifetime
         self.check = check
         self._expiry: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
+        pool_init: Any = super().__init__  # psycopg2's pool (the class mixed in after this one)
+        pool_init(minconn, maxconn)
 
     # -- what dbcreds adds to psycopg2's bookkeeping ------------------------------------------
 
@@ -452,27 +457,6 @@ class ThreadedConnectionPool(_CredentialPoolMixin, psycopg2.pool.ThreadedConnect
 
     _lock: threading.Lock
 
-    def __init__(
-        self,
-        minconn: int,
-        maxconn: int,
-        *args: Any,
-        secret_id: str | None = None,
-        provider: CredentialSource | None = None,
-        sslmode: str | None = None,
-        sslrootcert: str | None = None,
-        auth_retry_budget: float | None = None,
-        max_lifetime: float | None = None,
-        check: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        self._setup(
-            args, kwargs, secret_id=secret_id, provider=provider, sslmode=sslmode,
-            sslrootcert=sslrootcert, auth_retry_budget=auth_retry_budget,
-            max_lifetime=max_lifetime, check=check,
-        )
-        super().__init__(minconn, maxconn)  # psycopg2.connect's arguments are ours (login)
-
     def _mutex(self) -> AbstractContextManager[Any]:
         return self._lock
 
@@ -480,27 +464,6 @@ class ThreadedConnectionPool(_CredentialPoolMixin, psycopg2.pool.ThreadedConnect
 class SimpleConnectionPool(_CredentialPoolMixin, psycopg2.pool.SimpleConnectionPool):
     """``psycopg2.pool.SimpleConnectionPool`` (one thread only) whose new connections log in
     with the credentials of a secret; parameters as for `ThreadedConnectionPool`."""
-
-    def __init__(
-        self,
-        minconn: int,
-        maxconn: int,
-        *args: Any,
-        secret_id: str | None = None,
-        provider: CredentialSource | None = None,
-        sslmode: str | None = None,
-        sslrootcert: str | None = None,
-        auth_retry_budget: float | None = None,
-        max_lifetime: float | None = None,
-        check: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        self._setup(
-            args, kwargs, secret_id=secret_id, provider=provider, sslmode=sslmode,
-            sslrootcert=sslrootcert, auth_retry_budget=auth_retry_budget,
-            max_lifetime=max_lifetime, check=check,
-        )
-        super().__init__(minconn, maxconn)
 
 
 # -- the default pool of get_connection() ---------------------------------------------------
