@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from dbcreds_testing._proc import terminate
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 STUB_TOKEN = "bench-session-token"
@@ -70,12 +72,7 @@ def extension_stub(stack: Any, tmp: Path, aws_env: dict[str, str] | None = None)
             time.sleep(0.05)
         yield int(port_file.read_text())
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, timeout=10)  # SIGTERM, then SIGKILL if it lingers
 
 
 def stub_call(port: int, route: str) -> dict[str, Any]:

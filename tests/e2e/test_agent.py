@@ -27,6 +27,7 @@ from dbcreds import CredentialPool, SecretProvider
 from dbcreds.extension import ExtensionTransport
 from dbcreds.rotation.local import rotate_locally
 from dbcreds_testing._motoserver import STACK_MARKER
+from dbcreds_testing._proc import terminate
 from dbcreds_testing.workload import Workload
 from rotations import assert_three_rotations_served, report, rotate_three_times
 
@@ -72,12 +73,7 @@ def start_stub(aws_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[st
 
     yield start
     for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, timeout=10)  # SIGTERM, then SIGKILL if it lingers
 
 
 def app_boto3_calls(stack: Any) -> int:
