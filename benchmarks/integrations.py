@@ -99,6 +99,17 @@ def integrations(stack: Any, *, blocks: int = 10, per_block: int = 200) -> dict[
 # -- the integrations ---------------------------------------------------------------------------
 
 
+def _static_url(stack: Any, app: Any, host: str, port: int) -> Any:
+    """The usual way's URL: the password in it, verify-full with the stack's CA."""
+    import sqlalchemy
+
+    return sqlalchemy.URL.create(
+        "postgresql+psycopg", username=app.username, password=app.password, host=host,
+        port=port, database=stack.dbname,
+        query={"sslmode": "verify-full", "sslrootcert": stack.ca_file},
+    )
+
+
 def _sqlalchemy(stack: Any, app: Any, host: str, port: int, loop: Any) -> Pair:
     import sqlalchemy
 
@@ -106,11 +117,7 @@ def _sqlalchemy(stack: Any, app: Any, host: str, port: int, loop: Any) -> Pair:
 
     url = f"postgresql+psycopg://{host}:{port}/{stack.dbname}"
     ours = dbcreds.sqlalchemy.create_engine(url, secret_id=app.secret_id, pool_size=1)
-    static_url = sqlalchemy.URL.create(
-        "postgresql+psycopg", username=app.username, password=app.password, host=host,
-        port=port, database=stack.dbname,
-        query={"sslmode": "verify-full", "sslrootcert": stack.ca_file},
-    )
+    static_url = _static_url(stack, app, host, port)
     theirs = sqlalchemy.create_engine(static_url, pool_size=1,
                                       connect_args={"prepare_threshold": None})
     query = sqlalchemy.text("select 1")
@@ -133,11 +140,7 @@ def _sqlalchemy_async(stack: Any, app: Any, host: str, port: int, loop: Any) -> 
 
     url = f"postgresql+psycopg://{host}:{port}/{stack.dbname}"
     ours = dbcreds.sqlalchemy.create_async_engine(url, secret_id=app.secret_id, pool_size=1)
-    static_url = sqlalchemy.URL.create(
-        "postgresql+psycopg", username=app.username, password=app.password, host=host,
-        port=port, database=stack.dbname,
-        query={"sslmode": "verify-full", "sslrootcert": stack.ca_file},
-    )
+    static_url = _static_url(stack, app, host, port)
     theirs = create_async_engine(static_url, pool_size=1,
                                  connect_args={"prepare_threshold": None})
     query = sqlalchemy.text("select 1")
